@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+# The demo runs in its own state directory so it never touches a learner's .state/.
+DEMO_STATE := $(BUILD)/state
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: install demo test bench lab clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: it is a CPU build on this machine's disk; a looser spec pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+demo: install
+	rm -rf $(DEMO_STATE) && mkdir -p $(BUILD)/notebooks
+	MLOPS_STATE_DIR=$(abspath $(DEMO_STATE)) $(PY) -m helpers demo $(NOTEBOOKS) --out $(BUILD)/notebooks
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	-MLOPS_STATE_DIR=$(abspath $(DEMO_STATE)) $(PY) -m helpers stop >/dev/null 2>&1
+	rm -rf $(BUILD)

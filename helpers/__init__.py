@@ -1,0 +1,1 @@
+"""Reusable logic of the Realtime MLOps Workshop; the notebooks call it."""

@@ -1,0 +1,83 @@
+"""Command line for facilitators: ``python -m helpers <command>``.
+
+  start      start the local ingestion service in the background (simulator by default)
+  stop       stop it cleanly (SIGTERM; it checkpoints first)
+  status     print its health and counters
+  backfill   fill the feature store with simulated history, in the foreground
+  reset      stop it and delete the local stream and feature store
+  drift      make the running simulator's fees jump, for the retraining demo
+  demo       run every notebook headless in local mode (what `make demo` does)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pathlib import Path
+
+from helpers import ingest
+
+
+def _print(status: dict) -> None:
+    print(json.dumps(status, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", help="state directory (default: $MLOPS_STATE_DIR or .state/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="start the ingestion service in the background")
+    start.add_argument("--source", choices=ingest.SOURCES, default="simulator")
+    start.add_argument("--days", type=float, default=7.0, help="simulator: days of history to backfill first")
+    start.add_argument("--speed", type=float, default=60.0, help="simulator: simulated seconds per second, once live")
+    start.add_argument("--seed", type=int, default=42)
+    start.add_argument("--record-to", help="blockchain: record raw API responses to this file, for replay")
+    start.add_argument("--replay-file", help="replay: a recording made with --record-to")
+    commands.add_parser("stop", help="stop the ingestion service")
+    commands.add_parser("status", help="print the ingestion service's status")
+    backfill = commands.add_parser("backfill", help="simulate history into the feature store, in the foreground")
+    backfill.add_argument("--days", type=float, default=7.0)
+    backfill.add_argument("--seed", type=int, default=42)
+    commands.add_parser("reset", help="stop the service and delete the local stream and feature store")
+    drift = commands.add_parser("drift", help="multiply the simulator's fees from now on")
+    drift.add_argument("--fee-factor", type=float, default=3.0)
+    demo = commands.add_parser("demo", help="run the notebooks headless in local mode")
+    demo.add_argument("notebooks", nargs="+", type=Path)
+    demo.add_argument("--out", type=Path, default=Path("build/notebooks"))
+    commands.add_parser("serve-ingest")  # what `start` runs in the background
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "start":
+            settings = {"source": args.source, "backfill_days": args.days, "speed": args.speed, "seed": args.seed,
+                        "record_to": args.record_to, "replay_file": args.replay_file}
+            _print(ingest.start(args.state_dir, **settings))
+        elif args.command == "stop":
+            _print(ingest.stop(args.state_dir))
+        elif args.command == "status":
+            current = ingest.status(args.state_dir)
+            _print(current)
+            return 0 if current["running"] else 3
+        elif args.command == "backfill":
+            _print(ingest.backfill(args.state_dir, days=args.days, seed=args.seed))
+        elif args.command == "reset":
+            ingest.reset(args.state_dir)
+        elif args.command == "drift":
+            _print(ingest.inject_drift(args.state_dir, fee_factor=args.fee_factor))
+        elif args.command == "demo":
+            from helpers.notebooks import demo as run_demo
+
+            run_demo(args.notebooks, args.out)
+        elif args.command == "serve-ingest":
+            ingest.serve(args.state_dir)
+    except (ValueError, RuntimeError, TimeoutError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

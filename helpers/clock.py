@@ -1,0 +1,80 @@
+"""UTC time helpers and the simulated clock shared by the stream and the monitor.
+
+Every timestamp in this project is UTC and timezone-aware. Unix seconds are
+used on hot paths; they are converted with these helpers, never with local time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def from_unix(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def to_unix(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass a timezone-aware UTC time (tzinfo=timezone.utc)")
+    return moment.timestamp()
+
+
+def minute_iso(unix_minute_start: float) -> str:
+    """'2026-11-22T13:05:00Z': the record identifier of a one-minute window."""
+    return from_unix(unix_minute_start).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_minute_iso(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+@dataclass
+class SimClock:
+    """Event time that runs ``speed`` times faster than the wall clock.
+
+    Anchored at (wall, sim): at wall time ``anchor_wall`` it read ``anchor_sim``.
+    Saved in the state directory so that every process (stream, monitor,
+    notebook) reads the same simulated time, and a restart carries on from it.
+    """
+
+    anchor_wall: float
+    anchor_sim: float
+    speed: float = 1.0
+
+    @classmethod
+    def starting_now(cls, sim_now: float | None = None, speed: float = 1.0) -> "SimClock":
+        wall = time.time()
+        return cls(anchor_wall=wall, anchor_sim=wall if sim_now is None else sim_now, speed=speed)
+
+    def now(self) -> float:
+        return self.anchor_sim + (time.time() - self.anchor_wall) * self.speed
+
+    def wall_seconds(self, sim_seconds: float) -> float:
+        """How long ``sim_seconds`` of event time take on the wall clock."""
+        return sim_seconds / self.speed
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "SimClock":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write JSON so that a reader never sees half a file (write, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

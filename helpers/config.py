@@ -1,0 +1,78 @@
+"""Where local state lives, and the defaults every component shares.
+
+All local services keep their files under one state directory: ``$MLOPS_STATE_DIR``
+if set, else ``.state/`` at the repository root. Delete it to start over.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("local", "aws")
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("MLOPS_STATE_DIR", REPO_ROOT / ".state")).resolve()
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    if backend == "aws":
+        raise NotImplementedError(
+            "backend='aws' is not available yet: the AWS stack in cloudformation/ lands with a later issue. "
+            "Run with backend='local'."
+        )
+    return backend
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file of the local twin, under one state directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, state_dir: str | Path | None = None) -> "Paths":
+        root = Path(state_dir).resolve() if state_dir else default_state_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(exist_ok=True)
+        return cls(root)
+
+    @property
+    def event_log(self) -> Path:
+        return self.root / "stream" / "events.db"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "stream" / "aggregator.db"
+
+    @property
+    def feature_store(self) -> Path:
+        return self.root / "feature_store"
+
+    @property
+    def ingest_config(self) -> Path:
+        return self.root / "ingest.json"
+
+    @property
+    def clock(self) -> Path:
+        return self.root / "clock.json"
+
+    @property
+    def drifts(self) -> Path:
+        return self.root / "drifts.json"
+
+    @property
+    def ingest_pid(self) -> Path:
+        return self.root / "ingest.pid"
+
+    @property
+    def ingest_status(self) -> Path:
+        return self.root / "ingest-status.json"
+
+    @property
+    def ingest_log(self) -> Path:
+        return self.root / "logs" / "ingest.log"

@@ -1,0 +1,374 @@
+"""The ingestion service: source -> event log -> stream job -> feature store.
+
+It runs in the background, outlives the notebook kernel that started it, logs
+to the state directory, stops cleanly on SIGTERM and resumes without loss after
+a crash. Control it from a notebook (:func:`start`, :func:`stop`,
+:func:`status`) or a shell (``python -m helpers start|stop|status``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from helpers.clock import SimClock, minute_iso, write_json_atomic
+from helpers.config import Paths
+from helpers.eventlog import EventLog
+from helpers.stream import StreamJob
+
+log = logging.getLogger("helpers.ingest")
+
+SOURCES = ("simulator", "blockchain", "replay")
+STATUS_INTERVAL_S = 1.0
+IDLE_WAIT_S = 0.05
+SOURCE_RETRY_S = 5.0
+CAUGHT_UP_LAG_S = 300  # simulated "now" minus watermark when the backlog counts as done
+
+
+@dataclass
+class IngestConfig:
+    """What the service runs; saved in the state directory so a restart resumes the same stream."""
+
+    source: str = "simulator"
+    seed: int = 42
+    backfill_days: float = 7.0  # simulator history before "now"
+    speed: float = 60.0  # simulated seconds per wall second once live
+    start: float | None = None  # simulator start, unix s (default: now - backfill_days)
+    until: float | None = None  # simulator end, unix s (default: run forever)
+    url: str | None = None  # blockchain poller URL (default: the blockchain.com API)
+    interval_s: float = 15.0  # blockchain poll interval
+    record_to: str | None = None  # blockchain: record raw responses here for replay
+    replay_file: str | None = None
+    replay_speed: float | None = None  # None: as fast as possible
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source={self.source!r}: use one of {SOURCES}")
+        if self.source == "replay" and not self.replay_file:
+            raise ValueError("source='replay' needs replay_file: the path of a recording made with record_to")
+        if self.backfill_days < 0 or self.speed <= 0:
+            raise ValueError("backfill_days must be >= 0 and speed > 0")
+
+
+def make_source(config: IngestConfig, paths: Paths):
+    if config.source == "simulator":
+        from helpers.sources.simulator import Simulator, SimulatorConfig
+
+        clock = SimClock.load(paths.clock)
+        return Simulator(SimulatorConfig(seed=config.seed), start=config.start, clock=clock, until=config.until,
+                         drift_file=paths.drifts)
+    if config.source == "blockchain":
+        from helpers.sources.blockchain import DEFAULT_URL, BlockchainPoller
+
+        record_to = Path(config.record_to) if config.record_to else None
+        return BlockchainPoller(url=config.url or DEFAULT_URL, interval_s=config.interval_s, record_to=record_to)
+    from helpers.sources.replay import ReplaySource
+
+    return ReplaySource(Path(config.replay_file), speed=config.replay_speed)
+
+
+def append_all(source, event_log: EventLog, stop: threading.Event, progress=None) -> None:
+    """Append the source's batches to the log, resuming after the last batch it stored."""
+    for batch in source.batches(stop, resume_from=event_log.last_source_pos(source.name)):
+        event_log.append(batch, source.name)
+        if progress is not None:
+            progress.update(len(batch))
+
+
+# ---------------------------------------------------------------- the service itself
+
+
+class Service:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
+        self.stop = threading.Event()
+        self.source = make_source(self.config, paths)
+        self.source_done = False
+        self.started_at = time.time()
+
+    def produce(self) -> None:
+        """Source -> log. A failing source is logged and restarted where it left off, never fatal."""
+        event_log = EventLog(self.paths.event_log)
+        try:
+            while not self.stop.is_set():
+                try:
+                    append_all(self.source, event_log, self.stop)
+                    self.source_done = not self.stop.is_set()
+                    return
+                except Exception:
+                    log.exception("source %s failed; restarting it in %.0f s", self.source.name, SOURCE_RETRY_S)
+                    self.stop.wait(SOURCE_RETRY_S)
+        finally:
+            event_log.close()
+
+    def run(self) -> None:
+        producer = threading.Thread(target=self.produce, name="producer", daemon=True)
+        job = StreamJob(self.paths)
+        producer.start()
+        log.info("ingestion service started: pid %d, source %s", os.getpid(), self.config.source)
+        next_status = 0.0
+        try:
+            while not self.stop.is_set():
+                if job.step() == 0:
+                    self.stop.wait(IDLE_WAIT_S)
+                if time.monotonic() >= next_status:
+                    self.write_status(job, "running")
+                    next_status = time.monotonic() + STATUS_INTERVAL_S
+        finally:
+            producer.join(timeout=30)
+            job.commit()
+            self.write_status(job, "stopped")
+            job.close()
+            log.info("ingestion service stopped cleanly")
+
+    def write_status(self, job: StreamJob, state: str) -> None:
+        status = {
+            "state": state,
+            "pid": os.getpid(),
+            "source": self.config.source,
+            "source_done": self.source_done,
+            "source_stats": getattr(self.source, "stats", {}),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            **job.status(),
+        }
+        totals = job.log.totals()
+        status["log_events"], status["malformed"] = totals["events"], totals["malformed"]
+        if self.config.source == "simulator":
+            sim_now = SimClock.load(self.paths.clock).now()
+            status["sim_now"], status["sim_now_unix"] = minute_iso(sim_now), sim_now
+            if status["watermark_unix"] is not None:
+                status["event_time_lag_s"] = sim_now - status["watermark_unix"]
+        write_json_atomic(self.paths.ingest_status, status)
+
+
+def serve(state_dir: str | Path | None = None) -> None:
+    """Run the service in the foreground until SIGTERM or SIGINT (what ``start`` spawns)."""
+    paths = Paths.at(state_dir)
+    logging.basicConfig(
+        filename=paths.ingest_log, level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+    )
+    logging.Formatter.converter = time.gmtime  # log lines in UTC, like everything else
+    if _alive(_read_pid(paths)) and _read_pid(paths) != os.getpid():
+        raise SystemExit(f"another ingestion service is running (pid {_read_pid(paths)}); stop it first")
+    paths.ingest_pid.write_text(str(os.getpid()))
+    service = Service(paths)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop.set())
+    try:
+        service.run()
+    finally:
+        paths.ingest_pid.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- control from a notebook or shell
+
+
+def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -> dict:
+    """Start the background service (a no-op if it runs). ``settings`` are :class:`IngestConfig` fields.
+
+    The first start of a state directory saves its settings; later starts resume
+    that stream and ignore new settings (use :func:`reset` to start over).
+    """
+    paths = Paths.at(state_dir)
+    if _alive(_read_pid(paths)):
+        return status(paths.root)
+    if paths.ingest_config.exists() and settings:
+        log.warning("state %s exists: resuming its stream, ignoring %s", paths.root, sorted(settings))
+    _save_new_config(paths, IngestConfig(**settings))
+    with open(paths.root / "logs" / "ingest.out", "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "helpers", "--state-dir", str(paths.root), "serve-ingest"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: it outlives the kernel that started it
+        )
+    return _wait_for_status(paths, process, wait_s)
+
+
+def _save_new_config(paths: Paths, config: IngestConfig) -> None:
+    """Save the stream's settings (and the simulator's clock) on a state directory's first start."""
+    if paths.ingest_config.exists():
+        return
+    if config.source == "simulator":
+        clock = SimClock.starting_now(speed=config.speed)
+        if config.start is None:
+            config.start = (clock.anchor_sim - config.backfill_days * 86400) // 60 * 60
+        clock.save(paths.clock)
+    write_json_atomic(paths.ingest_config, asdict(config))
+
+
+def _wait_for_status(paths: Paths, process: subprocess.Popen, wait_s: float) -> dict:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the ingestion service exited at start (code {process.returncode}); "
+                               f"see {paths.root / 'logs' / 'ingest.out'}")
+        current = status(paths.root)
+        if current.get("pid") == process.pid and current.get("state") == "running":
+            return current
+        time.sleep(0.1)
+    raise TimeoutError(f"the ingestion service did not report within {wait_s} s; see {paths.ingest_log}")
+
+
+def stop(state_dir: str | Path | None = None, timeout_s: float = 30) -> dict:
+    """SIGTERM the service and wait for it to finish its checkpoint; SIGKILL only past ``timeout_s``."""
+    paths = Paths.at(state_dir)
+    pid = _read_pid(paths)
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            log.warning("ingestion service %d ignored SIGTERM for %.0f s; killing it", pid, timeout_s)
+            os.kill(pid, signal.SIGKILL)
+    return status(paths.root)
+
+
+def status(state_dir: str | Path | None = None) -> dict:
+    """The service's last reported status, with ``running`` checked against its process."""
+    paths = Paths.at(state_dir)
+    current = json.loads(paths.ingest_status.read_text()) if paths.ingest_status.exists() else {"state": "never started"}
+    running = _alive(_read_pid(paths))
+    if not running and current.get("state") == "running":
+        current["state"] = "crashed"  # it reported running but its process is gone
+    current["running"] = running
+    current["state_dir"] = str(paths.root)
+    return current
+
+
+def reset(state_dir: str | Path | None = None) -> None:
+    """Stop the service and delete its stream, checkpoint and feature store: a fresh start."""
+    import shutil
+
+    paths = Paths.at(state_dir)
+    stop(paths.root)
+    for name in ("stream", "feature_store", "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
+        target = paths.root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int = 42, progress: bool = True) -> dict:
+    """Simulate history up to now into the feature store, in the foreground, then return.
+
+    Facilitators run it before a workshop; a later :func:`start` goes on live
+    from where it ended. Refused while the service runs (it does this itself).
+    """
+    from tqdm.auto import tqdm
+
+    paths = Paths.at(state_dir)
+    if _alive(_read_pid(paths)):
+        raise RuntimeError("the ingestion service is running and backfills by itself; stop it first")
+    _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days))
+    config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
+    if config.source != "simulator":
+        raise ValueError(f"this state directory streams from {config.source!r}; backfill needs the simulator")
+    source = make_source(config, paths)
+    source.until = SimClock.load(paths.clock).now()
+    event_log = EventLog(paths.event_log)
+    with tqdm(desc="simulate into the log", unit=" tx", unit_scale=True, disable=not progress) as bar:
+        append_all(source, event_log, threading.Event(), progress=bar)
+    event_log.close()
+    job = StreamJob(paths)
+    with tqdm(desc="aggregate into the feature store", unit=" tx", unit_scale=True, disable=not progress) as bar:
+        while processed := job.step():
+            bar.update(processed)
+    summary = job.status()
+    job.close()
+    return summary
+
+
+def inject_drift(state_dir: str | Path | None = None, fee_factor: float = 3.0, rate_factor: float = 1.0,
+                 start: float | None = None) -> dict:
+    """Multiply the simulator's fees from ``start`` (default: simulated now) on, for the retraining demo."""
+    from helpers.sources.simulator import Drift, inject_drift as add_drift
+
+    paths = Paths.at(state_dir)
+    if not paths.clock.exists():
+        raise RuntimeError("no simulator has run in this state directory; start one first")
+    when = SimClock.load(paths.clock).now() if start is None else start
+    drift = Drift(start=when, fee_factor=fee_factor, rate_factor=rate_factor)
+    add_drift(paths.drifts, drift)
+    return {"drift_from": minute_iso(when), "fee_factor": fee_factor, "rate_factor": rate_factor}
+
+
+def _read_pid(paths: Paths) -> int | None:
+    try:
+        return int(paths.ingest_pid.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    """Is ``pid`` a live ingestion service? Reaps it if it is our exited child; zombies count as dead."""
+    if not pid:
+        return False
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
+    if not Path("/proc").is_dir():  # no procfs (macOS): trust the pid
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat.split(") ", 1)[1][:1] != "Z" and b"helpers" in cmdline  # not a zombie, not a reused pid
+
+
+def wait_until_caught_up(state_dir: str | Path | None = None, timeout_s: float = 900, progress: bool = True) -> dict:
+    """Block until the stream has worked through its backlog, showing progress.
+
+    Simulator: the watermark is within a few minutes of simulated "now". Replay:
+    the recording is consumed. Blockchain: the first minute has closed.
+    """
+    from tqdm.auto import tqdm
+
+    paths = Paths.at(state_dir)
+    config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=100, desc="backlog", unit="%", disable=not progress) as bar:
+        while True:
+            current = status(paths.root)
+            if not current["running"]:
+                raise RuntimeError(f"the ingestion service is {current['state']}; see {paths.ingest_log}")
+            done = _backlog_done_percent(config, current)
+            bar.update(done - bar.n)
+            if done >= 100:
+                return current
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still {100 - done:.0f}% behind after {timeout_s} s; status: {current}")
+            time.sleep(0.5)
+
+
+def _backlog_done_percent(config: IngestConfig, current: dict) -> float:
+    drained = current.get("lag_records", 1) == 0
+    if config.source == "simulator":
+        sim_now, watermark = current.get("sim_now_unix"), current.get("watermark_unix")
+        if sim_now is None or watermark is None:
+            return 0.0
+        if drained and sim_now - watermark <= CAUGHT_UP_LAG_S:
+            return 100.0
+        return min(99.0, max(0.0, 100 * (watermark - config.start) / max(sim_now - config.start, 1)))
+    if config.source == "replay":
+        return 100.0 if drained and current.get("source_done") else 0.0
+    return 100.0 if current.get("windows_emitted", 0) > 0 else 0.0

@@ -1,0 +1,55 @@
+"""Run the workshop notebooks headless with papermill, and keep their figures.
+
+Used by ``make demo`` (``python -m helpers demo``) and by the notebook tests.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+from helpers.config import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def run_notebook(notebook: Path, out_dir: Path, parameters: dict | None = None, timeout_s: int = 1200) -> Path:
+    """Execute ``notebook`` into ``out_dir`` with papermill; return the executed copy's path."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / Path(notebook).name
+    papermill.execute_notebook(
+        str(notebook), str(executed), parameters=parameters or {}, kernel_name="python3",
+        cwd=str(Path(notebook).parent), progress_bar=False, execution_timeout=timeout_s,
+    )
+    return executed
+
+
+def extract_figures(executed: Path, figure_dir: Path) -> list[Path]:
+    """Save every PNG the notebook displayed as ``<notebook>-<n>.png``."""
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    cells = json.loads(executed.read_text())["cells"]
+    pngs = [o["data"]["image/png"] for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    paths = []
+    for i, png in enumerate(pngs, start=1):
+        path = figure_dir / f"{executed.stem}-{i}.png"
+        path.write_bytes(base64.b64decode(png))
+        paths.append(path)
+    return paths
+
+
+def demo(notebooks: list[Path], out_dir: Path) -> None:
+    """Run every notebook in order in local mode, then stop the services they started."""
+    from helpers import ingest
+
+    try:
+        for notebook in notebooks:
+            started = time.monotonic()
+            executed = run_notebook(Path(notebook), out_dir, {"backend": "local"})
+            figures = extract_figures(executed, out_dir / "figures")
+            print(f"{Path(notebook).name}: ran in {time.monotonic() - started:.0f} s, {len(figures)} figures")
+    finally:
+        ingest.stop()
+    print(f"executed notebooks and figures: {out_dir}/")

@@ -1,0 +1,71 @@
+"""Figures the notebooks show. Matplotlib only; every time axis is UTC."""
+from __future__ import annotations
+
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def minutes_frame(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Feature records as a DataFrame indexed by the UTC window start, oldest first."""
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return frame
+    frame.index = pd.to_datetime(frame["window_start"], unit="s", utc=True)
+    return frame.sort_index()
+
+
+def plot_minutes(frame: pd.DataFrame, title: str, rolling: str = "60min"):
+    """tx_count and avg_fee per minute, with a rolling mean to show the daily pattern."""
+    fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+    for ax, column, label in ((axes[0], "tx_count", "transactions / minute"), (axes[1], "avg_fee", "avg fee (sat)")):
+        if not frame.empty:
+            ax.plot(frame.index, frame[column], lw=0.6, alpha=0.5, label="per minute")
+            ax.plot(frame.index, frame[column].rolling(rolling).mean(), lw=1.6, label=f"rolling mean {rolling}")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left")
+    axes[0].set_title(title)
+    axes[1].set_xlabel("window start (UTC)")
+    fig.tight_layout()
+    return fig
+
+
+def watch_stream(status_fn, minutes_fn, seconds: float = 60, refresh_s: float = 2.0):
+    """Redraw a live figure for ``seconds``: events arriving in the log, and minutes landing online.
+
+    ``status_fn()`` returns the service status; ``minutes_fn()`` the latest feature records.
+    """
+    from IPython.display import clear_output, display
+
+    samples = []
+    deadline = time.monotonic() + seconds
+    while True:
+        current = status_fn()
+        samples.append((pd.Timestamp.now(tz="UTC"), current.get("log_events", 0), current.get("windows_emitted", 0)))
+        fig = _stream_figure(samples, minutes_frame(minutes_fn()))
+        clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
+        if time.monotonic() >= deadline:
+            return current
+        time.sleep(refresh_s)
+
+
+def _stream_figure(samples, frame: pd.DataFrame):
+    fig, (rate_ax, count_ax, fee_ax) = plt.subplots(1, 3, figsize=(14, 3.6))
+    arrivals = pd.DataFrame(samples, columns=["wall", "events", "windows"]).set_index("wall")
+    elapsed = arrivals.index.to_series().diff().dt.total_seconds()
+    rate_ax.plot(arrivals.index, arrivals["events"].diff() / elapsed, marker="o", ms=3)
+    rate_ax.set_title("events into the log / wall second")
+    rate_ax.tick_params(axis="x", labelrotation=30)
+    for ax, column, title in ((count_ax, "tx_count", "transactions / minute"), (fee_ax, "avg_fee", "avg fee (sat)")):
+        if not frame.empty:
+            ax.bar(frame.index, frame[column], width=1 / 1440, align="edge")
+        ax.set_title(f"{title}, latest minutes online")
+        ax.tick_params(axis="x", labelrotation=30)
+    for ax in (rate_ax, count_ax, fee_ax):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
