@@ -119,3 +119,14 @@ def validate_transactions(txs, now: float | None = None) -> tuple[np.ndarray, Co
 def vsize(events: np.ndarray) -> np.ndarray:
     """Virtual size in vbytes: weight / 4 rounded up, as Bitcoin Core defines it."""
     return (events["weight"] + 3) // 4
+
+
+def events_frame(events: np.ndarray):
+    """Events as a readable DataFrame: hex hash, UTC time, fee, size, weight, vsize."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "hash": hash_hex(events),
+        "time": pd.to_datetime(events["time"], unit="s", utc=True),
+        "fee": events["fee"], "size": events["size"], "weight": events["weight"], "vsize": vsize(events),
+    })

@@ -372,3 +372,33 @@ def _backlog_done_percent(config: IngestConfig, current: dict) -> float:
     if config.source == "replay":
         return 100.0 if drained and current.get("source_done") else 0.0
     return 100.0 if current.get("windows_emitted", 0) > 0 else 0.0
+
+
+# What each health figure means, for the notebook's status table.
+STATUS_FIELDS = {
+    "state": "running / stopped / crashed (its process is gone without a clean stop)",
+    "source": "where transactions come from",
+    "log_events": "events appended to the event log (duplicates included)",
+    "events_in": "events the aggregator has read from the log",
+    "duplicates_dropped": "events whose hash was already seen (overlapping polls)",
+    "late_accepted": "events that arrived after their minute closed, within the allowed lateness (revised it)",
+    "dead_lettered": "events later than the allowed lateness: kept in the dead-letter table, not counted",
+    "windows_emitted": "minutes closed and written to the feature store",
+    "revisions_emitted": "late revisions of already-written minutes",
+    "last_window_closed": "the newest minute in the online store",
+    "watermark": "event time up to which minutes are complete",
+    "event_time_lag_s": "simulated now minus the watermark, seconds",
+    "lag_records": "log records not yet processed by the aggregator",
+    "malformed": "transactions the source rejected, by reason",
+}
+
+
+def describe(state_dir: str | Path | None = None):
+    """The service's health as a two-column table: value and meaning."""
+    import pandas as pd
+
+    current = status(state_dir)
+    return pd.DataFrame(
+        {"value": [current.get(name) for name in STATUS_FIELDS], "meaning": list(STATUS_FIELDS.values())},
+        index=list(STATUS_FIELDS),
+    )

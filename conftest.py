@@ -1,0 +1,51 @@
+"""Shared test set-up for tests/ and the notebooks (nbval).
+
+Every test session runs under a far-from-UTC time zone (timestamps must not
+depend on it) and in a fresh state directory, so no test touches a learner's
+.state/; any service the tests or notebooks left running is stopped at the end.
+"""
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from helpers.events import EVENT_DTYPE
+
+
+def pytest_configure(config):
+    os.environ["TZ"] = "Pacific/Kiritimati"  # UTC+14
+    time.tzset()
+    config._state_dir = tempfile.mkdtemp(prefix="mlops-test-state-")
+    os.environ["MLOPS_STATE_DIR"] = config._state_dir
+
+
+def pytest_unconfigure(config):
+    from helpers import ingest
+
+    ingest.stop(config._state_dir)
+    shutil.rmtree(config._state_dir, ignore_errors=True)
+
+
+def make_events(rows) -> np.ndarray:
+    """Events from (hash_int, time, fee[, size, weight]) tuples; the hash int fills the first 8 bytes."""
+    events = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for i, row in enumerate(rows):
+        key, t, fee, *rest = row
+        size, weight = rest if rest else (250, 700)
+        events[i]["hash"][:8] = np.frombuffer(int(key).to_bytes(8, "little"), dtype=np.uint8)
+        events[i]["hash"][8:] = 7
+        events[i]["time"], events[i]["fee"], events[i]["size"], events[i]["weight"] = t, fee, size, weight
+    return events
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A private state directory; any ingestion service started in it is stopped afterwards."""
+    from helpers import ingest
+
+    path = tmp_path / "state"
+    yield path
+    ingest.stop(path)

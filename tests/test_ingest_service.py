@@ -1,0 +1,144 @@
+"""The ingestion service as a user runs it: a real background process, SIGTERM, SIGKILL, restart."""
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import ingest
+from helpers.aggregator import WindowConfig
+from helpers.clock import minute_iso
+from helpers.config import Paths
+from helpers.eventlog import EventLog
+from helpers.events import hash_hex
+from helpers.feature_store import FeatureStore
+from helpers.sources.simulator import SimulatorConfig, TransactionModel
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout_s=120, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finite_stream(state_dir, hours_live=3.0, speed=3600.0):
+    """A simulator stream: 2 h of backfill, then ``hours_live`` simulated hours of 15 s polls, then it ends."""
+    now = time.time() // 60 * 60
+    return ingest.start(state_dir, source="simulator", seed=7, speed=speed, start=now - 7200,
+                        until=now + hours_live * 3600)
+
+
+def finished(state_dir):
+    current = ingest.status(state_dir)
+    return current.get("source_done") and current.get("lag_records") == 0 and current
+
+
+def test_service_outlives_its_starter_reports_health_and_stops_on_sigterm(state_dir):
+    # Started from a short-lived child process, as a notebook kernel that then dies would.
+    code = f"from helpers import ingest; ingest.start({str(state_dir)!r}, backfill_days=0.1, speed=60)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    current = wait_for(lambda: ingest.status(state_dir)["running"] and ingest.status(state_dir), what="service")
+    assert os.getsid(current["pid"]) != os.getsid(0)  # its own session: a closed terminal or kernel won't take it
+    wait_for(lambda: ingest.status(state_dir).get("windows_emitted", 0) > 100, what="windows")
+    current = ingest.status(state_dir)
+    assert current["state"] == "running" and current["log_events"] > 0 and current["duplicates_dropped"] > 0
+    assert current["last_window_closed"] is not None and current["event_time_lag_s"] < 600
+
+    stopped = ingest.stop(state_dir)
+    assert stopped["state"] == "stopped" and not stopped["running"]
+    assert not Paths.at(state_dir).ingest_pid.exists()
+    assert "stopped cleanly" in Paths.at(state_dir).ingest_log.read_text()
+
+    resumed = ingest.start(state_dir)  # resumes the same stream, not a new one
+    assert resumed["running"] and resumed["events_in"] >= stopped["events_in"]
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing_and_counts_nothing_twice(state_dir):
+    finite_stream(state_dir)
+    paths = Paths.at(state_dir)
+    for kill_after in (random.uniform(0.3, 1.0), random.uniform(0.3, 1.0)):
+        time.sleep(kill_after)
+        pid = ingest.status(state_dir)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: ingest.status(state_dir)["state"] == "crashed", what="crash detected")
+        ingest.start(state_dir)
+    final = wait_for(lambda: finished(state_dir), timeout_s=300, what="stream to finish")
+    assert final["state"] == "running" and final["windows_emitted"] > 250
+    service_log = paths.ingest_log.read_text()
+    assert service_log.count("ingestion service started") == 3 and "stopped cleanly" not in service_log
+
+    config = json.loads(paths.ingest_config.read_text())
+    window = WindowConfig()
+    # Every minute that had time to close, and whose stragglers were all delivered before the stream ended.
+    last_complete = min(final["watermark_unix"] - window.allowed_lateness_s - 2 * window.window_s,
+                        config["until"] - SimulatorConfig().max_delivery_lag_s - window.window_s)
+    truth_from_simulator = minute_totals(TransactionModel(SimulatorConfig(seed=7)).transactions(
+        config["start"], config["until"]))
+    truth_from_log = minute_totals(unique_events_in_log(paths))
+    stored = stored_totals(paths)
+    in_range = lambda frame: frame[(frame.index >= config["start"]) & (frame.index < last_complete)]  # noqa: E731
+    pd.testing.assert_frame_equal(in_range(stored), in_range(truth_from_log), check_dtype=False)
+    pd.testing.assert_frame_equal(in_range(stored), in_range(truth_from_simulator), check_dtype=False)
+    assert len(in_range(stored)) > 250
+
+
+def minute_totals(events: np.ndarray) -> pd.DataFrame:
+    """Ground truth, computed independently of the aggregator: pandas over unique transactions."""
+    frame = pd.DataFrame({"hash": hash_hex(events), "time": events["time"], "fee": events["fee"]})
+    frame = frame.drop_duplicates("hash")
+    frame["minute"] = frame["time"] // 60 * 60
+    return frame.groupby("minute").agg(tx_count=("hash", "size"), total_fee=("fee", "sum")).sort_index()
+
+
+def unique_events_in_log(paths: Paths) -> np.ndarray:
+    log = EventLog(paths.event_log)
+    records = log.read(0, max_events=10**9)
+    log.close()
+    return np.concatenate([r.events for r in records])
+
+
+def stored_totals(paths: Paths) -> pd.DataFrame:
+    """What the pipeline stored: the latest revision of each minute plus that minute's dead letters."""
+    store = FeatureStore(paths.feature_store)
+    offline = store.offline_latest()
+    online = {minute: store.get_record(minute) for minute in offline["tx_minute"]}
+    store.close()
+    for minute, row in offline.set_index("tx_minute").iterrows():
+        assert online[minute]["revision"] == row["revision"] and online[minute]["tx_count"] == row["tx_count"]
+    totals = offline.assign(minute=offline["window_start"].astype("int64")).groupby("minute")[
+        ["tx_count", "total_fee"]].sum()
+    with sqlite3.connect(paths.checkpoint) as conn:
+        dead = pd.read_sql("SELECT time / 60 * 60 AS minute, COUNT(*) AS tx_count, SUM(fee) AS total_fee"
+                           " FROM dead_letters GROUP BY minute", conn).set_index("minute")
+    return totals.add(dead, fill_value=0).astype("int64").sort_index()
+
+
+def test_status_of_a_directory_never_started(state_dir):
+    current = ingest.status(state_dir)
+    assert current["state"] == "never started" and not current["running"]
+
+
+def test_cli_status_exit_code_and_bad_arguments(state_dir):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state_dir), *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=60)
+    assert run("status").returncode == 3  # not running
+    bad = run("start", "--source", "replay")
+    assert bad.returncode == 2 and "replay_file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_minute_iso_is_utc_whatever_the_local_zone():
+    assert time.localtime().tm_gmtoff == 14 * 3600  # the session runs far from UTC
+    assert minute_iso(0) == "1970-01-01T00:00:00Z"
