@@ -89,6 +89,12 @@ class EventLog:
             total += n_events
         return records
 
+    def scan(self, after: int = 0):
+        """Every record after ``after``, oldest first, read page by page (for audits and ground truth)."""
+        while records := self.read(after):
+            yield from records
+            after = records[-1].offset
+
     def last_offset(self) -> int:
         return self._conn.execute("SELECT COALESCE(MAX(offset), 0) FROM records").fetchone()[0]
 

@@ -105,9 +105,9 @@ def minute_totals(events: np.ndarray) -> pd.DataFrame:
 
 def unique_events_in_log(paths: Paths) -> np.ndarray:
     log = EventLog(paths.event_log)
-    records = log.read(0, max_events=10**9)
+    events = np.concatenate([r.events for r in log.scan()])
     log.close()
-    return np.concatenate([r.events for r in records])
+    return events
 
 
 def stored_totals(paths: Paths) -> pd.DataFrame:

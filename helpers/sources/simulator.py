@@ -431,7 +431,9 @@ class Simulator(TransactionModel):
             if end > now and stop.wait(self.clock.wall_seconds(end - now)):
                 return
             self._reload_drifts(position)
-            yield EventBatch(self.deliveries(position, end), fetched_at=end, source_pos=str(end))
+            copies = self.deliveries(position, end)
+            # Late copies of transactions from before `start` would make its first minutes partial.
+            yield EventBatch(copies[copies["time"] >= self.start], fetched_at=end, source_pos=str(end))
             position = end
 
     def _window_end(self, position: float, now: float) -> float:

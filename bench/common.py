@@ -1,0 +1,53 @@
+"""A benchmark record, the machine it ran on, and the results file."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from helpers.clock import utc_now
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}
+
+
+@dataclass
+class Record:
+    name: str
+    value: float
+    unit: str
+    target: str  # e.g. ">= 500000" or "<= 1.0"
+    details: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=machine)
+    measured_at: str = field(default_factory=lambda: utc_now().isoformat())
+
+    @property
+    def meets_target(self) -> bool:
+        op, bound = self.target.split()
+        return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def save(records: list[Record], path: Path = RESULTS) -> None:
+    """Merge by name into the results file, so running one benchmark keeps the others' records."""
+    existing = {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    existing.update({r.name: {**asdict(r), "meets_target": r.meets_target} for r in records})
+    path.write_text(json.dumps(sorted(existing.values(), key=lambda r: r["name"]), indent=2) + "\n")
+
+
+def table(records: list[Record]) -> str:
+    rows = [("benchmark", "value", "unit", "target", "met")]
+    rows += [(r.name, f"{r.value:,.4g}", r.unit, r.target, "yes" if r.meets_target else "NO") for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
