@@ -26,6 +26,7 @@ demo: install
 	MLOPS_STATE_DIR=$(abspath $(DEMO_STATE)) $(PY) -m helpers demo $(NOTEBOOKS) --out $(BUILD)/notebooks
 
 test: install
+	$(VENV)/bin/ruff check helpers tests bench conftest.py
 	$(PY) -m pytest
 
 bench: install

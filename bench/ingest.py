@@ -4,7 +4,6 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from bench.common import Record, percentile
 from helpers import ingest

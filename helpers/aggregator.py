@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from helpers.clock import minute_iso
-from helpers.events import hash_keys, hash_hex, vsize
+from helpers.events import hash_hex, hash_keys, vsize
 
 
 @dataclass(frozen=True)

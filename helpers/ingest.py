@@ -11,13 +11,12 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from helpers import daemon
 from helpers.clock import SimClock, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.eventlog import EventLog
@@ -159,8 +158,9 @@ def serve(state_dir: str | Path | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )
     logging.Formatter.converter = time.gmtime  # log lines in UTC, like everything else
-    if _alive(_read_pid(paths)) and _read_pid(paths) != os.getpid():
-        raise SystemExit(f"another ingestion service is running (pid {_read_pid(paths)}); stop it first")
+    other = daemon.read_pid(paths.ingest_pid)
+    if daemon.alive(other) and other != os.getpid():
+        raise SystemExit(f"another ingestion service is running (pid {other}); stop it first")
     paths.ingest_pid.write_text(str(os.getpid()))
     service = Service(paths)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,17 +181,12 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     that stream and ignore new settings (use :func:`reset` to start over).
     """
     paths = Paths.at(state_dir)
-    if _alive(_read_pid(paths)):
+    if daemon.alive(daemon.read_pid(paths.ingest_pid)):
         return status(paths.root)
     if paths.ingest_config.exists() and settings:
         log.warning("state %s exists: resuming its stream, ignoring %s", paths.root, sorted(settings))
     _save_new_config(paths, IngestConfig(**settings))
-    with open(paths.root / "logs" / "ingest.out", "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "helpers", "--state-dir", str(paths.root), "serve-ingest"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own session: it outlives the kernel that started it
-        )
+    process = daemon.spawn(paths.root, "serve-ingest", paths.root / "logs" / "ingest.out")
     return _wait_for_status(paths, process, wait_s)
 
 
@@ -207,7 +202,7 @@ def _save_new_config(paths: Paths, config: IngestConfig) -> None:
     write_json_atomic(paths.ingest_config, asdict(config))
 
 
-def _wait_for_status(paths: Paths, process: subprocess.Popen, wait_s: float) -> dict:
+def _wait_for_status(paths: Paths, process, wait_s: float) -> dict:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -223,23 +218,17 @@ def _wait_for_status(paths: Paths, process: subprocess.Popen, wait_s: float) -> 
 def stop(state_dir: str | Path | None = None, timeout_s: float = 30) -> dict:
     """SIGTERM the service and wait for it to finish its checkpoint; SIGKILL only past ``timeout_s``."""
     paths = Paths.at(state_dir)
-    pid = _read_pid(paths)
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            log.warning("ingestion service %d ignored SIGTERM for %.0f s; killing it", pid, timeout_s)
-            os.kill(pid, signal.SIGKILL)
+    if daemon.terminate(paths.ingest_pid, timeout_s):
+        log.warning("the ingestion service ignored SIGTERM for %.0f s and was killed", timeout_s)
     return status(paths.root)
 
 
 def status(state_dir: str | Path | None = None) -> dict:
     """The service's last reported status, with ``running`` checked against its process."""
     paths = Paths.at(state_dir)
-    current = json.loads(paths.ingest_status.read_text()) if paths.ingest_status.exists() else {"state": "never started"}
-    running = _alive(_read_pid(paths))
+    never = {"state": "never started"}
+    current = json.loads(paths.ingest_status.read_text()) if paths.ingest_status.exists() else never
+    running = daemon.alive(daemon.read_pid(paths.ingest_pid))
     if not running and current.get("state") == "running":
         current["state"] = "crashed"  # it reported running but its process is gone
     current["running"] = running
@@ -270,7 +259,7 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
     from tqdm.auto import tqdm
 
     paths = Paths.at(state_dir)
-    if _alive(_read_pid(paths)):
+    if daemon.alive(daemon.read_pid(paths.ingest_pid)):
         raise RuntimeError("the ingestion service is running and backfills by itself; stop it first")
     _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days))
     config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
@@ -294,7 +283,8 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
 def inject_drift(state_dir: str | Path | None = None, fee_factor: float = 3.0, rate_factor: float = 1.0,
                  start: float | None = None) -> dict:
     """Multiply the simulator's fees from ``start`` (default: simulated now) on, for the retraining demo."""
-    from helpers.sources.simulator import Drift, inject_drift as add_drift
+    from helpers.sources.simulator import Drift
+    from helpers.sources.simulator import inject_drift as add_drift
 
     paths = Paths.at(state_dir)
     if not paths.clock.exists():
@@ -303,36 +293,6 @@ def inject_drift(state_dir: str | Path | None = None, fee_factor: float = 3.0, r
     drift = Drift(start=when, fee_factor=fee_factor, rate_factor=rate_factor)
     add_drift(paths.drifts, drift)
     return {"drift_from": minute_iso(when), "fee_factor": fee_factor, "rate_factor": rate_factor}
-
-
-def _read_pid(paths: Paths) -> int | None:
-    try:
-        return int(paths.ingest_pid.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    """Is ``pid`` a live ingestion service? Reaps it if it is our exited child; zombies count as dead."""
-    if not pid:
-        return False
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    if not Path("/proc").is_dir():  # no procfs (macOS): trust the pid
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    return stat.split(") ", 1)[1][:1] != "Z" and b"helpers" in cmdline  # not a zombie, not a reused pid
 
 
 def wait_until_caught_up(state_dir: str | Path | None = None, timeout_s: float = 900, progress: bool = True) -> dict:

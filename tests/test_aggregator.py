@@ -1,6 +1,6 @@
 """Windowing edge cases of the event-time aggregator, and its exactly-once replay."""
-import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_events
 from helpers.aggregator import Aggregator, WindowConfig

@@ -141,7 +141,9 @@ class TopOfRange(random.Random):
         return b
 
 
-def poll_script(server: ScriptedServer, replies: list[Reply], **poller_args) -> tuple[BlockchainPoller, list, RecordingStop]:
+def poll_script(
+    server: ScriptedServer, replies: list[Reply], **poller_args
+) -> tuple[BlockchainPoller, list, RecordingStop]:
     """Run a poller through ``replies`` (one poll each) and return it, its batches and its waits."""
     server.script = list(replies)
     stop = RecordingStop(after_waits=len(replies))
@@ -182,7 +184,7 @@ def test_poller_survives_every_fault_and_keeps_going(server):
         Reply(404),
         ok(make_tx(2), make_tx(3), without(make_tx(4), "fee"), make_tx(5, fee="1005")),  # overlaps the first
     ]
-    poller, batches, stop = poll_script(server, script, timeout_s=0.3)
+    poller, batches, stop = poll_script(server, script, timeout_s=0.3, interval_s=0.5)
 
     assert [dict(batch.malformed) for batch in batches] == [
         {},
@@ -201,18 +203,23 @@ def test_poller_survives_every_fault_and_keeps_going(server):
     assert poller.stats["last_error"].startswith("http_404")
     # 429: Retry-After beats the 1 s ceiling; 503, 500 double it; a 200 resets it;
     # the timeout starts again at 1 s; a 404 keeps the normal interval.
-    assert stop.waits == [15, 7, 2, 4, 15, 15, 1, 15, 15]
+    assert stop.waits == [0.5, 7, 2, 4, 0.5, 0.5, 1, 0.5, 0.5]
     assert poller.stats["backoff_seconds_total"] == 7 + 2 + 4 + 1
 
 
 def test_backoff_grows_exponentially_to_the_cap_and_honours_retry_after(server):
     script = [Reply(503)] * 5 + [Reply(429, headers={"Retry-After": "100"}), ok(), Reply(502)]
-    _, _, stop = poll_script(server, script, backoff_base_s=1.0, backoff_cap_s=8.0)
-    assert stop.waits == [1, 2, 4, 8, 8, 100, 15, 1]
+    _, _, stop = poll_script(server, script, interval_s=0.5, backoff_base_s=1.0, backoff_cap_s=8.0)
+    assert stop.waits == [1, 2, 4, 8, 8, 100, 0.5, 1]
+
+
+def test_backoff_never_polls_faster_than_the_normal_interval(server):
+    _, _, stop = poll_script(server, [Reply(429)] * 6, interval_s=15.0, backoff_base_s=1.0, backoff_cap_s=300.0)
+    assert stop.waits == [15, 15, 15, 15, 16, 32]
 
 
 def test_backoff_jitter_is_full_and_seeded(server):
-    _, _, stop = poll_script(server, [Reply(503)] * 6, rng=random.Random(7), backoff_cap_s=20.0)
+    _, _, stop = poll_script(server, [Reply(503)] * 6, rng=random.Random(7), interval_s=0.0, backoff_cap_s=20.0)
     reference = random.Random(7)
     assert stop.waits == [reference.uniform(0, min(20.0, 2**attempt)) for attempt in range(6)]
 
@@ -243,14 +250,16 @@ def test_connection_errors_back_off():
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    poller = BlockchainPoller(f"http://127.0.0.1:{port}/", timeout_s=2.0, rng=TopOfRange())
+    poller = BlockchainPoller(f"http://127.0.0.1:{port}/", interval_s=0.5, timeout_s=2.0, rng=TopOfRange())
     stop = RecordingStop(after_waits=3)
     assert list(poller.batches(stop)) == []
     assert stop.waits == [1, 2, 4]
     assert poller.stats["errors"] == Counter({"connect": 3}) and poller.stats["ok"] == 0
 
 
-@pytest.mark.parametrize("reply", [ok(make_tx(1)), Reply(429, headers={"Retry-After": "3600"})], ids=["interval", "backoff"])
+@pytest.mark.parametrize(
+    "reply", [ok(make_tx(1)), Reply(429, headers={"Retry-After": "3600"})], ids=["interval", "backoff"]
+)
 def test_stop_ends_the_loop_promptly(server, reply):
     server.script = [reply]
     stop = threading.Event()
@@ -417,4 +426,5 @@ def test_validate_transactions_accepts(overrides, now):
     tx = make_tx(1, **overrides)
     events, malformed = validate_transactions([tx], now=now)
     assert not malformed
-    assert [events[name][0] for name in ("time", "fee", "size", "weight")] == [tx[name] for name in ("time", "fee", "size", "weight")]
+    fields = ("time", "fee", "size", "weight")
+    assert [events[name][0] for name in fields] == [tx[name] for name in fields]

@@ -162,9 +162,10 @@ class BlockchainPoller:
         return EventBatch(events, fetched_at=fetched_at, malformed=malformed, source_pos=None)
 
     def _backoff(self, kind: str, detail: str, retry_after: float | None) -> float:
-        """Full-jitter exponential delay, but never shorter than the server's Retry-After."""
+        """Full-jitter exponential delay, never shorter than the server's Retry-After nor the poll interval
+        (retrying faster than the normal rhythm would only hit a rate-limited API harder)."""
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(self._attempt, MAX_BACKOFF_EXPONENT))
-        delay = max(self.rng.uniform(0, ceiling), retry_after or 0.0)
+        delay = max(self.rng.uniform(0, ceiling), retry_after or 0.0, self.interval_s)
         self._attempt += 1
         self._record_error(kind, detail)
         self.stats["backoff_seconds_total"] += delay

@@ -1,0 +1,71 @@
+"""Background processes for the local twin: spawn detached, track by pid file, stop with SIGTERM.
+
+A daemon runs ``python -m helpers --state-dir DIR <command>`` in its own
+session, so it outlives the notebook kernel or shell that started it. It
+writes its pid file itself and removes it on a clean exit; a pid file whose
+process is gone means it crashed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def spawn(state_dir: Path, command: str, output: Path) -> subprocess.Popen:
+    """Start ``python -m helpers <command>`` detached, its stdout and stderr appended to ``output``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "helpers", "--state-dir", str(state_dir), command],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: it outlives the kernel that started it
+        )
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    """Is ``pid`` a live helpers process? Reaps it if it is our exited child; zombies count as dead."""
+    if not pid:
+        return False
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
+    if not Path("/proc").is_dir():  # no procfs (macOS): trust the pid
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat.split(") ", 1)[1][:1] != "Z" and b"helpers" in cmdline  # not a zombie, not a reused pid
+
+
+def terminate(pid_file: Path, timeout_s: float = 30) -> bool:
+    """SIGTERM the daemon and wait for it to exit; SIGKILL only past ``timeout_s``. True if it had to be killed."""
+    pid = read_pid(pid_file)
+    if not alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        return True
+    return False
