@@ -41,6 +41,17 @@ def make_events(rows) -> np.ndarray:
     return events
 
 
+def wait_for(predicate, timeout_s=120, what="condition"):
+    """Poll ``predicate`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest.fixture
 def state_dir(tmp_path):
     """A private state directory; any ingestion service started in it is stopped afterwards."""

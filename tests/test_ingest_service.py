@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import wait_for
 from helpers import ingest
 from helpers.aggregator import WindowConfig
 from helpers.clock import minute_iso
@@ -22,16 +23,6 @@ from helpers.feature_store import FeatureStore
 from helpers.sources.simulator import SimulatorConfig, TransactionModel
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout_s=120, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finite_stream(state_dir, hours_live=3.0, speed=3600.0):
