@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
 from helpers.aggregator import AggregatorState, Counters, Window
-from helpers.eventlog import connect
+from helpers.sqlite import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoint (
@@ -46,15 +45,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
-class Checkpoint:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = connect(self.path)
-        self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        self._conn.close()
+class Checkpoint(SQLiteFile):
+    SCHEMA = _SCHEMA
 
     def load(self) -> tuple[int, AggregatorState]:
         """The committed offset and state (0 and a fresh state on first start)."""

@@ -13,15 +13,14 @@ many user records into one Kinesis record. Consumers track their own offset
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from helpers.events import EVENT_DTYPE, EventBatch
+from helpers.sqlite import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -45,24 +44,8 @@ class LogRecord:
     events: np.ndarray
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection tuned for several processes: WAL, and waiting rather than failing on a lock."""
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-class EventLog:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = connect(self.path)
-        self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        self._conn.close()
+class EventLog(SQLiteFile):
+    SCHEMA = _SCHEMA
 
     def append(self, batch: EventBatch, source: str) -> int:
         """Append one batch durably; returns its offset. Empty batches are kept for their counts."""

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from helpers.clock import from_unix
-from helpers.eventlog import connect
+from helpers.sqlite import connect
 
 DEFAULT_FEATURE_GROUP = "btc-tx-per-minute"
 
