@@ -10,7 +10,7 @@ from helpers import ingest
 from helpers.clock import SimClock, minute_iso
 from helpers.config import Paths
 from helpers.eventlog import EventLog
-from helpers.feature_store import FeatureStore
+from helpers.feature_store import open_tx_per_minute
 from helpers.sources.simulator import Simulator, SimulatorConfig
 from helpers.stream import StreamJob
 
@@ -62,7 +62,7 @@ def freshness(seconds: float = 30.0, speed: float = 600.0) -> list[Record]:
 
 
 def _watch_online(paths: Paths, seconds: float) -> dict[str, float]:
-    store = FeatureStore(paths.feature_store)
+    store = open_tx_per_minute(paths.feature_store)
     newest = store.latest_online(1)[0]["tx_minute"]
     seen_at: dict[str, float] = {}
     deadline = time.monotonic() + seconds

@@ -74,13 +74,19 @@ class AggregatorState:
     counters: Counters = field(default_factory=Counters)
 
 
-def feature_record(minute: int, window: Window, config: WindowConfig) -> dict:
-    """A feature-store record for one window; avg_fee is a float, never truncated."""
+def feature_record(minute: int, window: Window, watermark: int) -> dict:
+    """A feature-store record for one window; avg_fee is a float, never truncated.
+
+    ``event_time`` is the watermark when this revision was emitted: the event
+    time from which the stream knew it. It grows with each revision, so "the
+    latest event_time wins" (SageMaker's online-store rule) picks the latest
+    revision, and an as-of read by event time replays what was known when.
+    """
     count, fee, size, low, high = window.stats
     return {
         "tx_minute": minute_iso(minute),
         "window_start": float(minute),
-        "event_time": float(minute + config.window_s),  # the window's end: a real event time
+        "event_time": float(watermark),
         "revision": window.revision,
         "tx_count": count,
         "total_fee": fee,
@@ -171,7 +177,7 @@ class Aggregator:
             if window.revision < 0 or window.dirty:
                 window.revision += 1
                 window.dirty = False
-                emitted.append(feature_record(minute, window, cfg))
+                emitted.append(feature_record(minute, window, watermark))
                 counters.windows_emitted += window.revision == 0
                 counters.revisions_emitted += window.revision > 0
             if minute + cfg.window_s + cfg.allowed_lateness_s <= watermark:

@@ -78,3 +78,24 @@ def write_json_atomic(path: Path, payload) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def as_unix(value, field: str) -> float:
+    """A moment given as unix seconds, an aware datetime/Timestamp or an ISO-8601 string, as unix seconds.
+
+    Raises ValueError naming ``field`` for a naive time or anything unreadable.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{field}={value!r}: give a UTC time (ISO-8601 with 'Z', an aware datetime or unix seconds)")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{field}={value!r}: not an ISO-8601 time; write e.g. '2026-11-22T13:05:00Z'") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{field}={value!r} has no time zone: add one, e.g. tzinfo=timezone.utc or a 'Z' suffix")
+        return value.timestamp()
+    raise ValueError(f"{field}={value!r}: give a UTC time (ISO-8601 with 'Z', an aware datetime or unix seconds)")

@@ -20,6 +20,7 @@ from helpers import daemon
 from helpers.clock import SimClock, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.eventlog import EventLog
+from helpers.feature_store import open_tx_per_minute
 from helpers.stream import StreamJob
 
 log = logging.getLogger("helpers.ingest")
@@ -28,6 +29,7 @@ SOURCES = ("simulator", "blockchain", "replay")
 STATUS_INTERVAL_S = 1.0
 IDLE_WAIT_S = 0.05
 SOURCE_RETRY_S = 5.0
+COMPACT_INTERVAL_S = 60.0  # wall seconds between compactions of the offline store
 CAUGHT_UP_LAG_S = 300  # simulated "now" minus watermark when the backlog counts as done
 
 
@@ -109,10 +111,24 @@ class Service:
         finally:
             event_log.close()
 
+    def compact_regularly(self) -> None:
+        """Merge the offline store's small files now and then, as the original's hourly Glue job did."""
+        features = open_tx_per_minute(self.paths.feature_store)
+        try:
+            while not self.stop.wait(COMPACT_INTERVAL_S):
+                try:
+                    log.info("compaction: %s", features.compact())
+                except Exception:
+                    log.exception("compaction failed; the store is unchanged, retrying later")
+        finally:
+            features.close()
+
     def run(self) -> None:
         producer = threading.Thread(target=self.produce, name="producer", daemon=True)
+        compactor = threading.Thread(target=self.compact_regularly, name="compactor", daemon=True)
         job = StreamJob(self.paths)
         producer.start()
+        compactor.start()
         log.info("ingestion service started: pid %d, source %s", os.getpid(), self.config.source)
         next_status = 0.0
         try:
@@ -124,6 +140,7 @@ class Service:
                     next_status = time.monotonic() + STATUS_INTERVAL_S
         finally:
             producer.join(timeout=30)
+            compactor.join(timeout=30)
             job.commit()
             self.write_status(job, "stopped")
             job.close()

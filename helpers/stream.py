@@ -14,7 +14,7 @@ from helpers.checkpoint import Checkpoint
 from helpers.clock import minute_iso
 from helpers.config import Paths
 from helpers.eventlog import EventLog
-from helpers.feature_store import FeatureStore
+from helpers.feature_store import open_tx_per_minute
 
 COMMIT_INTERVAL_S = 1.0  # commit at least this often when nothing is emitted
 
@@ -23,7 +23,7 @@ class StreamJob:
     def __init__(self, paths: Paths, config: WindowConfig = WindowConfig()):
         self.log = EventLog(paths.event_log)
         self.checkpoint = Checkpoint(paths.checkpoint)
-        self.store = FeatureStore(paths.feature_store)
+        self.features = open_tx_per_minute(paths.feature_store)
         self.offset, state = self.checkpoint.load()
         self.aggregator = Aggregator(config, state)
         self.committed_offset = self.offset
@@ -32,7 +32,7 @@ class StreamJob:
 
     def close(self) -> None:
         self.commit()
-        for part in (self.log, self.checkpoint, self.store):
+        for part in (self.log, self.checkpoint, self.features):
             part.close()
 
     def step(self, max_events: int = 250_000) -> int:
@@ -61,13 +61,13 @@ class StreamJob:
         seqs, records = self.checkpoint.pending()
         if not seqs:
             return
-        self.store.write(records, batch_id=f"{seqs[0]:012d}-{seqs[-1]:012d}")
+        self.features.put_records(records, batch_id=f"{seqs[0]:012d}-{seqs[-1]:012d}")
         self.checkpoint.acknowledge(seqs[-1])
 
     def status(self) -> dict:
         watermark = self.aggregator.watermark
         log_end = self.log.last_offset()
-        latest = self.store.latest_online(1)
+        latest = self.features.latest_online(1)
         return {
             **vars(self.aggregator.state.counters),
             "watermark": minute_iso(watermark) if watermark is not None else None,

@@ -40,7 +40,7 @@ def test_window_emits_only_once_the_watermark_passes_its_end():
     assert emitted == [] and agg.watermark == M + 59
     out, _ = agg.process(make_events([(3, M + 120, 10)]))
     assert [r["tx_minute"] for r in out] == ["2027-01-15T08:00:00Z"]
-    assert out[0]["event_time"] == M + 60 and out[0]["window_start"] == M
+    assert out[0]["window_start"] == M and out[0]["event_time"] == agg.watermark == M + 60
 
 
 def test_out_of_order_events_within_the_bound_count_in_their_minute():
@@ -53,6 +53,7 @@ def test_late_event_within_allowed_lateness_revises_its_minute():
     agg, emitted, dead = run([[(1, M + 10, 100)], [(2, M + 200, 1)], [(3, M + 20, 50)]])
     revisions = [r for r in emitted if r["tx_minute"] == "2027-01-15T08:00:00Z"]
     assert [(r["revision"], r["tx_count"], r["total_fee"]) for r in revisions] == [(0, 1, 100), (1, 2, 150)]
+    assert revisions[0]["event_time"] <= revisions[1]["event_time"]  # a later revision is known later
     assert agg.state.counters.late_accepted == 1 and agg.state.counters.revisions_emitted == 1 and dead == []
 
 

@@ -11,7 +11,7 @@ from conftest import wait_for
 from helpers import ingest
 from helpers.config import Paths
 from helpers.events import hash_hex
-from helpers.feature_store import FeatureStore
+from helpers.feature_store import open_tx_per_minute
 from helpers.sources.simulator import SimulatorConfig, TransactionModel
 
 pytestmark = pytest.mark.slow
@@ -86,8 +86,8 @@ def test_live_poller_service_records_and_a_replay_rebuilds_the_same_features(fak
     finally:
         ingest.stop(replay)
     columns = ["tx_minute", "revision", "tx_count", "total_fee", "avg_fee"]
-    live_minutes = FeatureStore(Paths.at(live).feature_store).offline_latest()[columns]
-    replayed = FeatureStore(Paths.at(replay).feature_store).offline_latest()[columns]
+    live_minutes = open_tx_per_minute(Paths.at(live).feature_store).latest()[columns]
+    replayed = open_tx_per_minute(Paths.at(replay).feature_store).latest()[columns]
     assert len(live_minutes) >= 3
     pd.testing.assert_frame_equal(replayed.iloc[: len(live_minutes)].reset_index(drop=True),
                                   live_minutes.reset_index(drop=True))

@@ -19,7 +19,7 @@ from helpers.clock import minute_iso
 from helpers.config import Paths
 from helpers.eventlog import EventLog
 from helpers.events import hash_hex
-from helpers.feature_store import FeatureStore
+from helpers.feature_store import open_tx_per_minute
 from helpers.sources.simulator import SimulatorConfig, TransactionModel
 
 pytestmark = pytest.mark.slow
@@ -103,8 +103,8 @@ def unique_events_in_log(paths: Paths) -> np.ndarray:
 
 def stored_totals(paths: Paths) -> pd.DataFrame:
     """What the pipeline stored: the latest revision of each minute plus that minute's dead letters."""
-    store = FeatureStore(paths.feature_store)
-    offline = store.offline_latest()
+    store = open_tx_per_minute(paths.feature_store)
+    offline = store.latest()
     online = {minute: store.get_record(minute) for minute in offline["tx_minute"]}
     store.close()
     for minute, row in offline.set_index("tx_minute").iterrows():

@@ -5,7 +5,7 @@ import pytest
 
 from helpers import ingest
 from helpers.config import Paths
-from helpers.feature_store import FeatureStore
+from helpers.feature_store import open_tx_per_minute
 from helpers.notebooks import NOTEBOOK_DIR, extract_figures, run_notebook
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -35,7 +35,7 @@ def test_01_ingestion_streams_minutes_into_the_feature_store(tmp_path):
         assert current["running"], "notebook 01 leaves the stream running for notebook 02"
         assert current["windows_emitted"] >= 1440 and current["duplicates_dropped"] > 0
 
-        minutes = FeatureStore(Paths.at(state).feature_store).offline_latest()
+        minutes = open_tx_per_minute(Paths.at(state).feature_store).latest()
         assert minutes["tx_minute"].is_unique and len(minutes) >= 1440
         assert (minutes["window_start"].diff().dropna() == 60).all(), "the simulator leaves no gap"
         assert (minutes["avg_fee"] == minutes["total_fee"] / minutes["tx_count"]).all()
