@@ -120,8 +120,9 @@ class OfflineStore:
         now = time.time()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            marks = ",".join("?" * len(inputs))
             still_live = self._conn.execute(
-                f"SELECT COUNT(*) FROM offline_files WHERE removed_at IS NULL AND path IN ({','.join('?' * len(inputs))})",
+                f"SELECT COUNT(*) FROM offline_files WHERE removed_at IS NULL AND path IN ({marks})",
                 [p for p, _ in inputs]).fetchone()[0]
             if still_live != len(inputs):
                 self._conn.execute("ROLLBACK")
