@@ -4,7 +4,7 @@ import sys
 
 from bench.common import RESULTS, save, table
 
-MODULES = ["bench.ingest"]
+MODULES = ["bench.ingest", "bench.features"]
 
 
 def main(names: list[str]) -> int:

@@ -4,6 +4,7 @@
   stop       stop it cleanly (SIGTERM; it checkpoints first)
   status     print its health and counters
   backfill   fill the feature store with simulated history, in the foreground
+  compact    merge the offline store's small Parquet files (the service also does it every minute)
   reset      stop it and delete the local stream and feature store
   drift      make the running simulator's fees jump, for the retraining demo
   demo       run every notebook headless in local mode (what `make demo` does)
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     backfill = commands.add_parser("backfill", help="simulate history into the feature store, in the foreground")
     backfill.add_argument("--days", type=float, default=7.0)
     backfill.add_argument("--seed", type=int, default=42)
+    commands.add_parser("compact", help="merge the offline store's small files")
     commands.add_parser("reset", help="stop the service and delete the local stream and feature store")
     drift = commands.add_parser("drift", help="multiply the simulator's fees from now on")
     drift.add_argument("--fee-factor", type=float, default=3.0)
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if current["running"] else 3
         elif args.command == "backfill":
             _print(ingest.backfill(args.state_dir, days=args.days, seed=args.seed))
+        elif args.command == "compact":
+            from helpers.config import Paths
+            from helpers.feature_store import open_tx_per_minute
+
+            _print(open_tx_per_minute(Paths.at(args.state_dir).feature_store).compact())
         elif args.command == "reset":
             ingest.reset(args.state_dir)
         elif args.command == "drift":

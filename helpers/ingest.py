@@ -337,6 +337,17 @@ def wait_until_caught_up(state_dir: str | Path | None = None, timeout_s: float =
             time.sleep(0.5)
 
 
+def ensure_running(state_dir: str | Path | None = None, progress: bool = True, **settings) -> dict:
+    """Make sure the stream runs and has worked through its backlog: what notebooks 02-05 start with.
+
+    Starts it with ``settings`` if this state directory has none yet (the default: a
+    7-day simulator backfill), resumes it if it was stopped, and waits until it caught up.
+    """
+    paths = Paths.at(state_dir)
+    start(paths.root, **({} if paths.ingest_config.exists() else settings))
+    return wait_until_caught_up(paths.root, progress=progress)
+
+
 def _backlog_done_percent(config: IngestConfig, current: dict) -> float:
     drained = current.get("lag_records", 1) == 0
     if config.source == "simulator":

@@ -71,3 +71,20 @@ def _stream_figure(samples, frame: pd.DataFrame):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_rolling(frame: pd.DataFrame, columns=("tx_count", "total_fee", "avg_fee"), window: str = "60min"):
+    """Each column per minute, with its rolling mean and a ±1 standard deviation band."""
+    fig, axes = plt.subplots(len(columns), 1, figsize=(11, 2.4 * len(columns)), sharex=True)
+    for ax, column in zip(axes, columns):
+        rolling = frame[column].rolling(window)
+        mean, std = rolling.mean(), rolling.std()
+        ax.plot(frame.index, frame[column], lw=0.5, alpha=0.5, label="per minute")
+        ax.plot(frame.index, mean, lw=1.5, label=f"rolling mean {window}")
+        ax.fill_between(frame.index, mean - std, mean + std, alpha=0.2, label="±1 std")
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel("minute (UTC)")
+    fig.tight_layout()
+    return fig

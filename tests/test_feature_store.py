@@ -229,3 +229,29 @@ def test_online_get_record_is_fast(group):
     for record_id in ids:
         assert group.get_record(record_id) is not None
     assert (time.perf_counter() - started) / len(ids) < 0.01  # generous: the benchmark measures the real figure
+
+
+def test_data_quality_reports_gaps_revisions_duplicates_and_outliers(group):
+    from helpers.feature_store.quality import data_quality, plot_data_quality
+
+    records = [minute(i, tx_count=100 + i % 3) for i in range(120) if not 40 <= i < 45 and i != 90]
+    records[60] = {**records[60], "avg_fee": 5000.0}  # a fee spike among ~100 sat averages
+    group.put_records(records, "b1")
+    group.put_records([minute(10, revision=1, tx_count=150), minute(11, revision=1, tx_count=151)], "b2")
+    group.put_record(minute(12, tx_count=100 + 12 % 3))  # the same (minute, revision) written twice
+    report = data_quality(group, T0, T0 + 120 * 60)
+    summary = report.summary()
+    assert summary["minutes expected"] == 120 and summary["minutes present"] == 114
+    assert report.gaps[["minutes"]].to_dict("list") == {"minutes": [5, 1]}
+    assert report.gaps["gap_start"].iloc[0] == pd.Timestamp(T0 + 40 * 60, unit="s", tz="UTC")
+    assert report.revised["tx_minute"].tolist() == [minute(10)["tx_minute"], minute(11)["tx_minute"]]
+    assert report.revised["final_tx_count"].tolist() == [150, 151] and summary["late revision rows"] == 2
+    assert report.duplicate_rows == 1
+    assert report.outliers[["feature"]].to_dict("list") == {"feature": ["tx_count", "tx_count", "avg_fee"]}
+    assert plot_data_quality(report).axes[0].get_title().startswith("data quality: 6 missing minutes")
+
+
+def test_as_of_before_anything_was_known_gives_a_dataset_of_gaps(group):
+    group.put_records([minute(i) for i in range(10)], "b")
+    dataset = group.training_dataset(T0, T0 + 600, as_of=T0)
+    assert dataset.gaps == 10 and len(dataset.frame) == 10

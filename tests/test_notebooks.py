@@ -1,5 +1,6 @@
 """The notebooks: committed clean with a parameters cell, and run headless with papermill in local mode."""
 import json
+import re
 
 import pytest
 
@@ -21,15 +22,25 @@ def test_committed_notebook_is_stripped_and_parameterised(path):
     assert "undo" in "".join(cells[-1]["source"]).lower(), "end by saying what now exists and how to undo it"
 
 
+def run(name: str, tmp_path, **parameters) -> tuple[list[dict], list]:
+    """Run a notebook headless; return its outputs and the figures it showed."""
+    executed = run_notebook(NOTEBOOK_DIR / name, tmp_path / "out", {"backend": "local", **parameters})
+    outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    return outputs, extract_figures(executed, tmp_path / "figures")
+
+
+def text_of(outputs: list[dict]) -> str:
+    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
 @pytest.mark.slow
-def test_01_ingestion_streams_minutes_into_the_feature_store(tmp_path):
+def test_01_ingestion_then_02_features(tmp_path):
     state = tmp_path / "state"
-    parameters = {"backend": "local", "backfill_days": 1.0, "speed": 60.0, "watch_seconds": 4, "state_dir": str(state)}
     try:
-        executed = run_notebook(NOTEBOOK_DIR / "01_ingestion.ipynb", tmp_path / "out", parameters)
-        outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
-        assert not [o for o in outputs if o["output_type"] == "error"]
-        assert len(extract_figures(executed, tmp_path / "figures")) >= 2  # the history and the live figure
+        _, figures = run("01_ingestion.ipynb", tmp_path, backfill_days=1.0, speed=60.0, watch_seconds=4,
+                         state_dir=str(state))
+        assert len(figures) >= 2  # the history and the live figure
 
         current = ingest.status(state)
         assert current["running"], "notebook 01 leaves the stream running for notebook 02"
@@ -40,5 +51,14 @@ def test_01_ingestion_streams_minutes_into_the_feature_store(tmp_path):
         assert (minutes["window_start"].diff().dropna() == 60).all(), "the simulator leaves no gap"
         assert (minutes["avg_fee"] == minutes["total_fee"] / minutes["tx_count"]).all()
         assert minutes["tx_count"].min() > 100  # no partial minutes at the start of the backfill
+
+        outputs, figures = run("02_features.ipynb", tmp_path, state_dir=str(state), hours=6)
+        assert len(figures) == 2  # rolling statistics, data quality
+        text = text_of(outputs)
+        group = open_tx_per_minute(Paths.at(state).feature_store)
+        assert f"offline table (Athena / DuckDB): {group.table_name}" in text
+        assert "360 minutes from" in text and "missing minutes (gaps)" in text
+        before, after = (int(n) for n in re.search(r"'files_before': (\d+),\s+'files_after': (\d+)", text).groups())
+        assert after <= 5 < before  # compacted: a file per day (2 here), plus any the stream wrote meanwhile
     finally:
         ingest.stop(state)

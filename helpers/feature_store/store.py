@@ -230,10 +230,13 @@ class FeatureGroup:
         start_s, end_s = _grid_bounds(start, end, step)
         features = self.definition.check_feature_names(features) if features is not None else self._value_features()
         latest = self.latest(f'"{grid}" >= ? AND "{grid}" < ?', [start_s, end_s], as_of=as_of)
-        if latest.empty:
+        if latest.empty:  # nothing known then is a dataset of gaps; a range beside the data is a mistake
             held = self.time_range()
-            where = f"from {held[0]} to {held[1]}" if held else "nothing yet: start the stream (notebook 01)"
-            raise FeatureStoreError(f"no data in [{from_unix(start_s)}, {from_unix(end_s)}): the store holds {where}")
+            if held is None or not (held[0].timestamp() < end_s and start_s <= held[1].timestamp()):
+                where = f"from {held[0]} to {held[1]}" if held else "nothing yet: start the stream (notebook 01)"
+                raise FeatureStoreError(f"no data in [{from_unix(start_s)}, {from_unix(end_s)}): "
+                                        f"the store holds {where}")
+            latest = pd.DataFrame(columns=[grid, *features])
         slots = np.arange(start_s, end_s, step)
         frame = latest.set_index(grid)[features].reindex(slots)
         frame.index = pd.to_datetime(frame.index, unit="s", utc=True).rename(grid)
