@@ -4,7 +4,7 @@ import sys
 
 from bench.common import RESULTS, save, table
 
-MODULES = ["bench.ingest", "bench.features"]
+MODULES = ["bench.ingest", "bench.features", "bench.train"]
 
 
 def main(names: list[str]) -> int:

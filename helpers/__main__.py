@@ -7,6 +7,11 @@
   compact    merge the offline store's small Parquet files (the service also does it every minute)
   reset      stop it and delete the local stream and feature store
   drift      make the running simulator's fees jump, for the retraining demo
+  train      run the model build pipeline (extract, train, evaluate, gate, register)
+  runs       list pipeline executions; `runs ID` shows one execution's steps and metrics
+  models     list registered model versions with their approval status
+  param      get or set a parameter (the quality gate's threshold, ...)
+  mlflow-ui  open the MLflow UI on the local registry
   demo       run every notebook headless in local mode (what `make demo` does)
 """
 from __future__ import annotations
@@ -45,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("reset", help="stop the service and delete the local stream and feature store")
     drift = commands.add_parser("drift", help="multiply the simulator's fees from now on")
     drift.add_argument("--fee-factor", type=float, default=3.0)
+    train = commands.add_parser("train", help="run the model build pipeline on the latest data")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--seed", type=int, default=42)
+    runs = commands.add_parser("runs", help="list pipeline executions, or show one")
+    runs.add_argument("execution_id", nargs="?")
+    commands.add_parser("models", help="list registered model versions")
+    param = commands.add_parser("param", help="get or set a parameter")
+    param.add_argument("action", choices=["get", "set", "history"])
+    param.add_argument("name")
+    param.add_argument("value", nargs="?")
+    ui = commands.add_parser("mlflow-ui", help="open the MLflow UI on the local registry")
+    ui.add_argument("--port", type=int, default=5000)
     demo = commands.add_parser("demo", help="run the notebooks headless in local mode")
     demo.add_argument("notebooks", nargs="+", type=Path)
     demo.add_argument("--out", type=Path, default=Path("build/notebooks"))
@@ -73,16 +90,74 @@ def main(argv: list[str] | None = None) -> int:
             ingest.reset(args.state_dir)
         elif args.command == "drift":
             _print(ingest.inject_drift(args.state_dir, fee_factor=args.fee_factor))
+        elif args.command in ("train", "runs", "models", "param", "mlflow-ui"):
+            return _model_command(args)
         elif args.command == "demo":
             from helpers.notebooks import demo as run_demo
 
             run_demo(args.notebooks, args.out)
         elif args.command == "serve-ingest":
             ingest.serve(args.state_dir)
-    except (ValueError, RuntimeError, TimeoutError) as error:
+    except (ValueError, KeyError, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _model_command(args) -> int:
+    """The model commands: they import the training stack, so only when asked."""
+    import pandas as pd
+
+    from helpers.config import Paths
+
+    paths = Paths.at(args.state_dir)
+    pd.set_option("display.width", 160)
+    if args.command == "train":
+        from helpers import deepar, model_build
+
+        hp = deepar.DeepARHyperparameters(epochs=args.epochs)
+        execution = model_build.run(paths.root, model_build.BuildSettings(hyperparameters=hp, seed=args.seed))
+        print(f"{execution.execution_id}: {execution.status}" + (f" ({execution.failure_reason})"
+                                                                 if execution.failure_reason else ""))
+        return 0 if execution.status in ("Succeeded", "FailedQualityGate") else 1
+    if args.command == "runs":
+        from helpers.pipeline import ExecutionStore
+
+        store = ExecutionStore(paths.pipelines)
+        if args.execution_id is None:
+            print(store.list().to_string(index=False))
+        else:
+            execution = store.get(args.execution_id)
+            print(f"{execution.execution_id}: {execution.status}  {execution.failure_reason or ''}")
+            print(execution.steps[["name", "status", "seconds"]].to_string(index=False))
+            _print(execution.outputs)
+        return 0
+    if args.command == "models":
+        from helpers.registry import ModelRegistry
+
+        print(ModelRegistry(paths.registry).versions().to_string(index=False))
+        return 0
+    if args.command == "param":
+        from helpers.params import ParameterStore
+
+        store = ParameterStore(paths.params)
+        if args.action == "set":
+            if args.value is None:
+                raise ValueError("param set needs a value: python -m helpers param set NAME VALUE")
+            print(f"{args.name} = {args.value} (version {store.put(args.name, args.value, by='cli')})")
+        elif args.action == "history":
+            print(pd.DataFrame(store.history(args.name)).to_string(index=False))
+        else:
+            print(store.get(args.name))
+        return 0
+    import subprocess
+
+    from helpers.registry import ModelRegistry
+
+    uri = ModelRegistry(paths.registry).tracking_uri
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", "127.0.0.1", "--port", str(args.port)])
 
 
 if __name__ == "__main__":

@@ -76,3 +76,17 @@ class Paths:
     @property
     def ingest_log(self) -> Path:
         return self.root / "logs" / "ingest.log"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.db"
+
+    @property
+    def pipelines(self) -> Path:
+        """Pipeline execution records (pipelines.db) and each execution's artifacts."""
+        return self.root / "pipelines"
+
+    @property
+    def registry(self) -> Path:
+        """The MLflow tracking and registry store (mlflow.db) and its artifacts."""
+        return self.root / "registry"

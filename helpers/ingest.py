@@ -267,23 +267,26 @@ def reset(state_dir: str | Path | None = None) -> None:
             target.unlink(missing_ok=True)
 
 
-def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int = 42, progress: bool = True) -> dict:
+def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int = 42, progress: bool = True,
+             start: float | None = None) -> dict:
     """Simulate history up to now into the feature store, in the foreground, then return.
 
     Facilitators run it before a workshop; a later :func:`start` goes on live
     from where it ended. Refused while the service runs (it does this itself).
+    With ``start`` (unix s), it simulates exactly ``days`` from then instead: a
+    fixed stretch of history, for benchmarks.
     """
     from tqdm.auto import tqdm
 
     paths = Paths.at(state_dir)
     if daemon.alive(daemon.read_pid(paths.ingest_pid)):
         raise RuntimeError("the ingestion service is running and backfills by itself; stop it first")
-    _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days))
+    _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days, start=start))
     config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
     if config.source != "simulator":
         raise ValueError(f"this state directory streams from {config.source!r}; backfill needs the simulator")
     source = make_source(config, paths)
-    source.until = SimClock.load(paths.clock).now()
+    source.until = SimClock.load(paths.clock).now() if start is None else start + days * 86400
     event_log = EventLog(paths.event_log)
     with tqdm(desc="simulate into the log", unit=" tx", unit_scale=True, disable=not progress) as bar:
         append_all(source, event_log, threading.Event(), progress=bar)

@@ -88,3 +88,29 @@ def plot_rolling(frame: pd.DataFrame, columns=("tx_count", "total_fee", "avg_fee
     axes[-1].set_xlabel("minute (UTC)")
     fig.tight_layout()
     return fig
+
+
+def plot_forecast_fans(series: pd.Series, origins: list[int], forecast: dict, title: str, context: int = 90):
+    """One panel per test window: recent actuals, what really happened, the median and 10-90 / 30-70 % bands."""
+    n = len(origins)
+    columns = min(4, n)
+    fig, axes = plt.subplots((n + columns - 1) // columns, columns, figsize=(3.6 * columns, 2.6 * ((n + 3) // 4)),
+                             sharey=True, squeeze=False)
+    horizon = forecast["mean"].shape[1]
+    for i, (ax, origin) in enumerate(zip(axes.flat, origins)):
+        past = series.iloc[max(0, origin - context):origin]
+        future = series.iloc[origin:origin + horizon]
+        ax.plot(past.index, past, color="grey", lw=0.8)
+        ax.plot(future.index, future, color="black", lw=1.0, label="actual")
+        ax.fill_between(future.index, forecast["0.1"][i], forecast["0.9"][i], alpha=0.25, label="10-90 %")
+        ax.fill_between(future.index, forecast["0.3"][i], forecast["0.7"][i], alpha=0.35, label="30-70 %")
+        ax.plot(future.index, forecast["0.5"][i], lw=1.2, label="median")
+        ax.xaxis.set_major_locator(mdates.MinuteLocator(byminute=[0, 30]))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    axes.flat[0].legend(loc="upper left", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

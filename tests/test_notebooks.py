@@ -8,6 +8,7 @@ from helpers import ingest
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
 from helpers.notebooks import NOTEBOOK_DIR, extract_figures, run_notebook
+from helpers.registry import ModelRegistry
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -35,19 +36,19 @@ def text_of(outputs: list[dict]) -> str:
 
 
 @pytest.mark.slow
-def test_01_ingestion_then_02_features(tmp_path):
+def test_01_ingestion_then_02_features_then_03_training(tmp_path):
     state = tmp_path / "state"
     try:
-        _, figures = run("01_ingestion.ipynb", tmp_path, backfill_days=1.0, speed=60.0, watch_seconds=4,
+        _, figures = run("01_ingestion.ipynb", tmp_path, backfill_days=1.5, speed=60.0, watch_seconds=4,
                          state_dir=str(state))
         assert len(figures) >= 2  # the history and the live figure
 
         current = ingest.status(state)
         assert current["running"], "notebook 01 leaves the stream running for notebook 02"
-        assert current["windows_emitted"] >= 1440 and current["duplicates_dropped"] > 0
+        assert current["windows_emitted"] >= 2160 and current["duplicates_dropped"] > 0
 
         minutes = open_tx_per_minute(Paths.at(state).feature_store).latest()
-        assert minutes["tx_minute"].is_unique and len(minutes) >= 1440
+        assert minutes["tx_minute"].is_unique and len(minutes) >= 2160
         assert (minutes["window_start"].diff().dropna() == 60).all(), "the simulator leaves no gap"
         assert (minutes["avg_fee"] == minutes["total_fee"] / minutes["tx_count"]).all()
         assert minutes["tx_count"].min() > 100  # no partial minutes at the start of the backfill
@@ -60,5 +61,13 @@ def test_01_ingestion_then_02_features(tmp_path):
         assert "360 minutes from" in text and "missing minutes (gaps)" in text
         before, after = (int(n) for n in re.search(r"'files_before': (\d+),\s+'files_after': (\d+)", text).groups())
         assert after <= 5 < before  # compacted: a file per day (2 here), plus any the stream wrote meanwhile
+
+        outputs, figures = run("03_train_deepar.ipynb", tmp_path, state_dir=str(state), epochs=2, training_days=1.5,
+                               n_test_windows=4)
+        text = text_of(outputs)
+        assert len(figures) == 1 and ": Succeeded" in text and "PendingManualApproval" in text
+        assert "seasonal_naive" in text and "naive_last_value" in text
+        versions = ModelRegistry(Paths.at(state).registry).versions()
+        assert versions["approval_status"].tolist() == ["PendingManualApproval"]
     finally:
         ingest.stop(state)

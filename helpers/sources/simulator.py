@@ -212,6 +212,31 @@ class TxChunk(NamedTuple):
     duplicated: np.ndarray  # bool
 
 
+def draw_size_and_fee(
+    config: SimulatorConfig, rng: np.random.Generator, fee_levels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(size, weight, fee) of one transaction per fee level (sat/vB): a lognormal virtual size, then a
+    heavy-tailed fee rate around the level. The building block an oracle forecaster reuses."""
+    n = len(fee_levels)
+    vsize_target = np.clip(
+        config.vsize_median_vb * np.exp(config.vsize_sigma * rng.standard_normal(n)), *config.vsize_range_vb
+    )
+    # weight = 4 x size - 3 x witness bytes, so size <= weight <= 4 x size (legacy: weight = 4 x size)
+    has_witness = rng.random(n) < config.segwit_fraction
+    witness_share = np.zeros(n)
+    witness_share[has_witness] = rng.uniform(*config.witness_share_range, np.count_nonzero(has_witness))
+    size = np.round(vsize_target / (1 - 0.75 * witness_share)).astype(np.int64)
+    weight = 4 * size - 3 * np.floor(witness_share * size).astype(np.int64)
+    vsize = (weight + 3) // 4
+
+    lognormal = np.exp(config.fee_rate_sigma * rng.standard_normal(n))
+    in_tail = rng.random(n) < config.fee_tail_fraction
+    tail = np.ones(n)
+    tail[in_tail] += rng.pareto(config.fee_tail_alpha, np.count_nonzero(in_tail))
+    fee_rate = np.clip(fee_levels * lognormal * tail, *config.fee_rate_range_sat_per_vb)
+    return size, weight, np.round(fee_rate * vsize).astype(np.int64)
+
+
 def draw_transactions(
     config: SimulatorConfig,
     rng: np.random.Generator,
@@ -229,24 +254,7 @@ def draw_transactions(
     n = int(counts.sum())
     minute = np.repeat(minute_starts, counts).astype(np.int64)
     time = minute + rng.integers(0, 60, n)
-
-    vsize_target = np.clip(
-        config.vsize_median_vb * np.exp(config.vsize_sigma * rng.standard_normal(n)), *config.vsize_range_vb
-    )
-    # weight = 4 x size - 3 x witness bytes, so size <= weight <= 4 x size (legacy: weight = 4 x size)
-    has_witness = rng.random(n) < config.segwit_fraction
-    witness_share = np.zeros(n)
-    witness_share[has_witness] = rng.uniform(*config.witness_share_range, np.count_nonzero(has_witness))
-    size = np.round(vsize_target / (1 - 0.75 * witness_share)).astype(np.int64)
-    weight = 4 * size - 3 * np.floor(witness_share * size).astype(np.int64)
-    vsize = (weight + 3) // 4
-
-    lognormal = np.exp(config.fee_rate_sigma * rng.standard_normal(n))
-    in_tail = rng.random(n) < config.fee_tail_fraction
-    tail = np.ones(n)
-    tail[in_tail] += rng.pareto(config.fee_tail_alpha, np.count_nonzero(in_tail))
-    fee_rate = np.clip(np.repeat(fee_level, counts) * lognormal * tail, *config.fee_rate_range_sat_per_vb)
-    fee = np.round(fee_rate * vsize).astype(np.int64)
+    size, weight, fee = draw_size_and_fee(config, rng, np.repeat(fee_level, counts))
 
     lateness = rng.random(n)
     very_late = lateness < config.very_late_fraction

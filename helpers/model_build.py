@@ -1,0 +1,208 @@
+"""The model build pipeline: extract, prepare, train, forecast, evaluate, quality gate, register.
+
+The local twin of the original system's SageMaker Pipeline, step for step, with
+its mistakes fixed: the test set is several rolling windows (8 x 30 minutes by
+default, not 5 points), validation windows come before them, DeepAR is compared
+with baselines on the same windows, and the gate reads its threshold from the
+parameter store when it runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from helpers import deepar
+from helpers.baselines import DAY, baseline_forecasts
+from helpers.clock import as_unix
+from helpers.config import Paths
+from helpers.feature_store import TX_PER_MINUTE, open_tx_per_minute
+from helpers.metrics import DEFAULT_QUANTILES, evaluate
+from helpers.params import WQL_THRESHOLD, ParameterStore
+from helpers.pipeline import Execution, ExecutionStore, Pipeline, QualityGateFailed, Step
+from helpers.registry import ModelRegistry
+
+log = logging.getLogger("helpers.model_build")
+
+TARGET = "avg_fee"
+MAX_GAP_SHARE = 0.5  # more missing minutes than this and a forecast would be mostly guesswork
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    hyperparameters: deepar.DeepARHyperparameters = field(default_factory=deepar.DeepARHyperparameters)
+    training_days: float = 7.0  # how much history to read from the feature store
+    end: str | float | None = None  # the end of the data used (default: the newest minute stored)
+    n_test_windows: int = 8  # test: the last 8 windows of prediction_length (4 hours by default)
+    n_validation_windows: int = 4  # validation: the windows just before the test windows
+    seed: int = 42
+    num_samples: int = 100
+
+    def __post_init__(self):
+        for name in ("n_test_windows", "n_validation_windows", "num_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.training_days <= 0:
+            raise ValueError(f"training_days={self.training_days}: must be positive")
+
+    def minutes_needed(self) -> int:
+        """A day for the seasonal-naive baseline and the daily pattern, the network's context, the windows."""
+        hp = self.hyperparameters
+        return DAY + hp.context_length + hp.prediction_length * (1 + self.n_validation_windows + self.n_test_windows)
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def extract(ctx: dict) -> dict:
+    """Read one row per minute of the target from the feature store, on a complete grid."""
+    settings: BuildSettings = ctx["settings"]
+    features = open_tx_per_minute(ctx["paths"].feature_store)
+    newest = features.latest_online(1)
+    if not newest:
+        raise ValueError("the feature store is empty: start the stream first (notebook 01 or python -m helpers start)")
+    end_s = newest[0]["window_start"] + 60 if settings.end is None else as_unix(settings.end, "end")
+    end = pd.Timestamp(end_s, unit="s", tz="UTC")
+    first_held = features.time_range()[0]  # minutes before the stream began are not gaps: they never existed
+    dataset = features.training_dataset(max(end - pd.Timedelta(days=settings.training_days), first_held), end,
+                                        features=[TARGET])
+    features.close()
+    ctx["series"], ctx["series_start"] = dataset.frame[TARGET].to_numpy(dtype=float), dataset.start
+    log.info("extracted %d minutes from %s to %s (%d gaps)", len(dataset.frame), dataset.start, dataset.end,
+             dataset.gaps)
+    return {"data_start": str(dataset.start), "data_end": str(dataset.end), "minutes": len(dataset.frame),
+            "gaps": dataset.gaps, "feature_group": TX_PER_MINUTE.name}
+
+
+def prepare(ctx: dict) -> dict:
+    """Check there is enough data, then split: training | validation windows | test windows."""
+    settings: BuildSettings = ctx["settings"]
+    series, horizon = ctx["series"], settings.hyperparameters.prediction_length
+    _check_enough(series, settings)
+    test_start = len(series) - settings.n_test_windows * horizon
+    validation_start = test_start - settings.n_validation_windows * horizon
+    ctx["test_origins"] = [test_start + k * horizon for k in range(settings.n_test_windows)]
+    ctx["validation_ends"] = [validation_start + (k + 1) * horizon for k in range(settings.n_validation_windows)]
+    ctx["train_end"] = validation_start
+    at = lambda i: str(ctx["series_start"] + pd.Timedelta(minutes=i))  # noqa: E731
+    log.info("training on %d minutes; %d validation and %d test windows of %d minutes", validation_start,
+             settings.n_validation_windows, settings.n_test_windows, horizon)
+    return {"train_minutes": validation_start, "validation_from": at(validation_start), "test_from": at(test_start),
+            "test_windows": settings.n_test_windows, "validation_windows": settings.n_validation_windows}
+
+
+def _check_enough(series: np.ndarray, settings: BuildSettings) -> None:
+    needed, have = settings.minutes_needed(), len(series)
+    if have < needed:
+        raise ValueError(f"too little data: {needed} minutes ({needed / 60:.1f} h) are needed, the feature store has "
+                         f"{have} ({have / 60:.1f} h). Let the stream run {(needed - have) / 60:.1f} h more, or "
+                         f"backfill: python -m helpers backfill --days {int(np.ceil(needed / DAY)) + 1}")
+    gaps = float(np.isnan(series).mean())
+    if gaps > MAX_GAP_SHARE:
+        raise ValueError(f"the data is mostly gaps: {gaps:.0%} of the minutes have no record (at most "
+                         f"{MAX_GAP_SHARE:.0%} allowed). Check the stream (python -m helpers status) and its source")
+
+
+def train(ctx: dict) -> dict:
+    settings: BuildSettings = ctx["settings"]
+    series, started = ctx["series"], time.perf_counter()
+    log.info("training DeepAR on %s, seed %d", deepar.device(), settings.seed)
+    result = deepar.train(settings.hyperparameters, ctx["series_start"], series[:ctx["train_end"]],
+                          [series[:end] for end in ctx["validation_ends"]], settings.seed, ctx["artifacts"] / "train")
+    ctx["predictor"] = result.predictor
+    ctx["model_dir"] = deepar.save(result.predictor, ctx["artifacts"] / "model")
+    log.info("trained %d epochs%s, best validation loss %.4f", result.epochs_run,
+             " (stopped early)" if result.stopped_early else "", result.best_validation_loss)
+    return {"epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "device": result.device,
+            "best_validation_loss": result.best_validation_loss, "train_seconds": time.perf_counter() - started}
+
+
+def forecast(ctx: dict) -> dict:
+    """Batch forecasts for the test windows, from DeepAR and from the baselines."""
+    import torch
+
+    settings: BuildSettings = ctx["settings"]
+    series, horizon = ctx["series"], settings.hyperparameters.prediction_length
+    torch.manual_seed(settings.seed)  # sampling is random too: the same seed, the same forecasts
+    ctx["forecasts"] = {"deepar": deepar.forecast(ctx["predictor"], ctx["series_start"],
+                                                  [series[:o] for o in ctx["test_origins"]],
+                                                  settings.hyperparameters.time_freq, DEFAULT_QUANTILES,
+                                                  settings.num_samples),
+                        **baseline_forecasts(series, ctx["test_origins"], horizon)}
+    ctx["actuals"] = np.stack([series[o:o + horizon] for o in ctx["test_origins"]])
+    np.savez(ctx["artifacts"] / "test_forecasts.npz", actuals=ctx["actuals"], origins=ctx["test_origins"],
+             **{f"{name}|{key}": v for name, f in ctx["forecasts"].items() for key, v in f.items()})
+    return {"forecasters": list(ctx["forecasts"]), "windows": len(ctx["test_origins"])}
+
+
+def evaluate_step(ctx: dict) -> dict:
+    """Mean wQL (0.1..0.9), per-quantile wQL, RMSE and coverage, for DeepAR and each baseline."""
+    ctx["evaluation"] = {name: evaluate(ctx["actuals"], f) for name, f in ctx["forecasts"].items()}
+    scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
+    log.info("mean wQL: %s", ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
+    return {"mean_wQuantileLoss": scores["deepar"],
+            "baselines_mean_wQuantileLoss": {k: v for k, v in scores.items() if k != "deepar"}}
+
+
+def quality_gate(ctx: dict) -> dict:
+    """mean wQL <= the threshold, read from the parameter store now, when the step runs."""
+    threshold = ParameterStore(ctx["paths"].params).get_float(WQL_THRESHOLD)
+    score = ctx["evaluation"]["deepar"]["mean_wQuantileLoss"]
+    if score > threshold:
+        raise QualityGateFailed(f"quality gate failed: mean wQL {score:.4f} > threshold {threshold:.4f} "
+                                f"({WQL_THRESHOLD}); nothing registered")
+    log.info("quality gate passed: mean wQL %.4f <= threshold %.4f", score, threshold)
+    return {"threshold": threshold, "passed": True}
+
+
+def register(ctx: dict) -> dict:
+    settings: BuildSettings = ctx["settings"]
+    evaluation = ctx["evaluation"]
+    extracted = ctx["step_outputs"]
+    version = ModelRegistry(ctx["paths"].registry).register(
+        model_dir=ctx["model_dir"], metrics=evaluation["deepar"],
+        baselines={k: v for k, v in evaluation.items() if k != "deepar"},
+        hyperparameters=settings.hyperparameters.to_dict(),
+        data_range={"start": extracted["data_start"], "end": extracted["data_end"], "gaps": extracted["gaps"],
+                    "test_from": extracted["test_from"]},
+        feature_group=extracted["feature_group"], pipeline_execution_id=ctx["execution_id"])
+    return {"model_group": version.group, "model_version": version.version,
+            "approval_status": version.approval_status}
+
+
+STEPS = [
+    Step("Extract", extract, "one row per minute of avg_fee from the feature store"),
+    Step("Prepare", prepare, "check the data; split training / validation windows / test windows"),
+    Step("Train", train, "GluonTS DeepAR, early stopping on the validation loss"),
+    Step("Forecast", forecast, "test-window forecasts: DeepAR and the baselines"),
+    Step("Evaluate", evaluate_step, "mean weighted quantile loss and friends"),
+    Step("QualityGate", quality_gate, "mean wQL <= the threshold in the parameter store"),
+    Step("Register", register, "MLflow registry, PendingManualApproval"),
+]
+
+
+def run(state_dir=None, settings: BuildSettings | None = None) -> Execution:
+    """Run the model build pipeline on the latest data; returns its execution record."""
+    paths, settings = Paths.at(state_dir), settings or BuildSettings()
+    parameters = {"hyperparameters": settings.hyperparameters.to_dict(), "training_days": settings.training_days,
+                  "end": settings.end, "n_test_windows": settings.n_test_windows,
+                  "n_validation_windows": settings.n_validation_windows, "seed": settings.seed}
+    return Pipeline("model-build", STEPS).run(ExecutionStore(paths.pipelines), parameters,
+                                              context={"settings": settings, "paths": paths})
+
+
+def comparison(execution: Execution) -> pd.DataFrame:
+    """DeepAR beside the baselines on the same test windows, best first."""
+    table = pd.DataFrame(execution.context["evaluation"]).T
+    columns = ["mean_wQuantileLoss", "wQuantileLoss[0.1]", "wQuantileLoss[0.5]", "wQuantileLoss[0.9]", "RMSE",
+               "coverage[0.1-0.9]"]
+    return table[columns].astype(float).sort_values("mean_wQuantileLoss")
+
+
+def target_series(execution: Execution) -> pd.Series:
+    """The target the execution trained and tested on, indexed by UTC minute."""
+    series, start = execution.context["series"], execution.context["series_start"]
+    return pd.Series(series, index=pd.date_range(start, periods=len(series), freq="min"), name=TARGET)

@@ -1,0 +1,127 @@
+"""The model registry: MLflow (SQLite backend, no server) with SageMaker's approval statuses.
+
+The twin of a SageMaker model package group. Each registered model version
+carries its approval status (PendingManualApproval, Approved, Rejected), its
+metrics and baselines, hyperparameters, data range, feature group, the pipeline
+execution that built it, and the model artifact (a serialized GluonTS predictor).
+Open the MLflow UI on it with ``python -m helpers mlflow-ui``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("helpers.registry")
+
+MODEL_GROUP = "btc-avg-fee-deepar"  # the model package group
+EXPERIMENT = "model-build"
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+
+
+@dataclass
+class ModelVersion:
+    group: str
+    version: int
+    approval_status: str
+    metrics: dict
+    baselines: dict
+    hyperparameters: dict
+    data_range: dict
+    feature_group: str
+    pipeline_execution_id: str
+    run_id: str
+    artifact_uri: str
+    created_at: pd.Timestamp
+    tags: dict
+
+
+class ModelRegistry:
+    def __init__(self, directory: Path):
+        import mlflow
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = f"sqlite:///{self.directory / 'mlflow.db'}"
+        self._mlflow = mlflow
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            EXPERIMENT, artifact_location=(self.directory / "artifacts").as_uri())
+
+    def register(self, model_dir: Path, metrics: dict, baselines: dict, hyperparameters: dict, data_range: dict,
+                 feature_group: str, pipeline_execution_id: str, group: str = MODEL_GROUP) -> ModelVersion:
+        """Log a run with everything the version must carry, then register it as PendingManualApproval."""
+        client = self.client
+        run = client.create_run(self.experiment_id, run_name=pipeline_execution_id,
+                                tags={"pipeline_execution_id": pipeline_execution_id})
+        run_id = run.info.run_id
+        for name, value in hyperparameters.items():
+            client.log_param(run_id, name, value)
+        for name, value in _flat_metrics(metrics, baselines).items():
+            client.log_metric(run_id, name, value)
+        client.log_dict(run_id, {"metrics": metrics, "baselines": baselines}, "evaluation.json")
+        client.log_artifacts(run_id, str(model_dir), "model")
+        client.set_terminated(run_id)
+        if not _group_exists(client, group):
+            client.create_registered_model(group, description="DeepAR forecasts of the per-minute average fee")
+        tags = {
+            "approval_status": "PendingManualApproval",
+            "metrics": json.dumps(metrics), "baselines": json.dumps(baselines),
+            "hyperparameters": json.dumps(hyperparameters), "data_range": json.dumps(data_range),
+            "feature_group": feature_group, "pipeline_execution_id": pipeline_execution_id,
+            "mean_wQuantileLoss": str(metrics["mean_wQuantileLoss"]),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow warns that a source outside a logged model is unusual
+            version = client.create_model_version(group, source=f"{run.info.artifact_uri}/model", run_id=run_id,
+                                                  tags=tags)
+        log.info("registered %s version %s: PendingManualApproval", group, version.version)
+        return self.get(group, int(version.version))
+
+    def get(self, group: str, version: int) -> ModelVersion:
+        mv = self.client.get_model_version(group, str(version))
+        tags = dict(mv.tags)
+        return ModelVersion(
+            group=group, version=int(mv.version), approval_status=tags.get("approval_status", "PendingManualApproval"),
+            metrics=json.loads(tags.get("metrics", "{}")), baselines=json.loads(tags.get("baselines", "{}")),
+            hyperparameters=json.loads(tags.get("hyperparameters", "{}")),
+            data_range=json.loads(tags.get("data_range", "{}")), feature_group=tags.get("feature_group", ""),
+            pipeline_execution_id=tags.get("pipeline_execution_id", ""), run_id=mv.run_id, artifact_uri=mv.source,
+            created_at=pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"), tags=tags)
+
+    def versions(self, group: str = MODEL_GROUP) -> pd.DataFrame:
+        """Every version with its status and headline metric, newest first."""
+        if not _group_exists(self.client, group):
+            return pd.DataFrame(columns=["version", "approval_status", "mean_wQuantileLoss", "created_at",
+                                         "pipeline_execution_id"])
+        rows = [self.get(group, int(mv.version)) for mv in self.client.search_model_versions(f"name='{group}'")]
+        return pd.DataFrame([{"version": v.version, "approval_status": v.approval_status,
+                              "mean_wQuantileLoss": v.metrics.get("mean_wQuantileLoss"), "created_at": v.created_at,
+                              "pipeline_execution_id": v.pipeline_execution_id} for v in rows]
+                            ).sort_values("version", ascending=False, ignore_index=True)
+
+    def model_path(self, group: str, version: int) -> Path:
+        """A local directory holding the version's serialized predictor."""
+        return Path(self._mlflow.artifacts.download_artifacts(artifact_uri=self.get(group, version).artifact_uri,
+                                                              tracking_uri=self.tracking_uri))
+
+
+def _group_exists(client, group: str) -> bool:
+    return bool(client.search_registered_models(filter_string=f"name='{group}'"))
+
+
+def _flat_metrics(metrics: dict, baselines: dict) -> dict[str, float]:
+    """MLflow metric names allow no brackets: wQuantileLoss[0.1] becomes wQuantileLoss_0.1."""
+    flat = {_metric_name(k): v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for name, values in baselines.items():
+        flat.update({f"{name}.{_metric_name(k)}": v for k, v in values.items() if isinstance(v, (int, float))})
+    return flat
+
+
+def _metric_name(key: str) -> str:
+    return key.replace("[", "_").replace("]", "").replace("-", "_to_")

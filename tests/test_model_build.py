@@ -1,0 +1,183 @@
+"""The model build pipeline end to end on small data, its quality gate, registry record and error cases."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import deepar, ingest, model_build
+from helpers.config import Paths
+from helpers.feature_store import open_tx_per_minute
+from helpers.params import WQL_THRESHOLD, ParameterStore
+from helpers.pipeline import ExecutionStore, Pipeline, Step
+from helpers.registry import ModelRegistry
+
+SMALL = model_build.BuildSettings(
+    hyperparameters=deepar.DeepARHyperparameters(context_length=30, epochs=2, num_batches_per_epoch=5,
+                                                 num_instances_per_pass=16, num_cells=16),
+    training_days=1.5, n_test_windows=4, n_validation_windows=2, num_samples=50)
+
+
+@pytest.fixture(scope="module")
+def features_state(tmp_path_factory):
+    """Two days of simulated features, shared by the tests that only read them."""
+    state = tmp_path_factory.mktemp("build") / "state"
+    ingest.backfill(state, days=2.0, progress=False)
+    return state
+
+
+@pytest.fixture
+def state(features_state, tmp_path):
+    """A copy of the features with fresh parameters, pipelines and registry."""
+    import shutil
+
+    copy = tmp_path / "state"
+    shutil.copytree(features_state, copy)
+    return copy
+
+
+def set_threshold(state, value):
+    ParameterStore(Paths.at(state).params).put(WQL_THRESHOLD, value, by="test")
+
+
+def test_pipeline_registers_a_version_pending_approval_carrying_everything(state):
+    set_threshold(state, 1.0)
+    execution = model_build.run(state, SMALL)
+    assert execution.status == "Succeeded", execution.failure_reason
+    steps = execution.steps.set_index("name")
+    assert list(steps.index) == ["Extract", "Prepare", "Train", "Forecast", "Evaluate", "QualityGate", "Register"]
+    assert (steps["status"] == "Succeeded").all() and (steps["seconds"] >= 0).all()
+    assert "quality gate passed" in steps.loc["QualityGate", "log"]
+
+    version = ModelRegistry(Paths.at(state).registry).get("btc-avg-fee-deepar", execution.outputs["model_version"])
+    assert version.approval_status == "PendingManualApproval"
+    assert version.pipeline_execution_id == execution.execution_id
+    assert version.feature_group == "btc-tx-per-minute"
+    assert version.hyperparameters == SMALL.hyperparameters.to_dict()
+    assert pd.Timestamp(version.data_range["end"]) - pd.Timestamp(version.data_range["start"]) == pd.Timedelta("1.5D")
+    assert {"mean_wQuantileLoss", "wQuantileLoss[0.1]", "wQuantileLoss[0.9]", "RMSE", "coverage[0.1-0.9]"} <= set(
+        version.metrics)
+    assert set(version.baselines) == {"seasonal_naive", "naive_last_value"}
+    assert version.metrics["mean_wQuantileLoss"] == execution.outputs["mean_wQuantileLoss"]
+
+    predictor = deepar.load(ModelRegistry(Paths.at(state).registry).model_path(version.group, version.version))
+    series = model_build.target_series(execution)
+    forecast = deepar.forecast(predictor, series.index[0], [series.to_numpy()[:-30]], "1min", (0.1, 0.5, 0.9))
+    assert forecast["0.5"].shape == (1, 30) and (forecast["0.1"] <= forecast["0.9"]).all()
+
+
+def test_the_same_data_and_seed_give_the_same_metrics(state):
+    set_threshold(state, 1.0)
+    first, second = model_build.run(state, SMALL), model_build.run(state, SMALL)
+    assert first.outputs["mean_wQuantileLoss"] == pytest.approx(second.outputs["mean_wQuantileLoss"], rel=1e-6)
+    other_seed = model_build.run(state, replace(SMALL, seed=7))
+    assert other_seed.outputs["mean_wQuantileLoss"] != first.outputs["mean_wQuantileLoss"]
+
+
+def test_the_gate_reads_its_threshold_when_it_runs_and_a_failed_gate_registers_nothing(state):
+    registry = ModelRegistry(Paths.at(state).registry)
+    set_threshold(state, 1e-6)
+    failed = model_build.run(state, SMALL)
+    assert failed.status == "FailedQualityGate"
+    assert "quality gate failed: mean wQL" in failed.failure_reason and WQL_THRESHOLD in failed.failure_reason
+    assert failed.steps.set_index("name").loc["Register", "status"] == "Skipped"
+    assert registry.versions().empty
+
+    set_threshold(state, 1.0)  # the same settings: the new value is read at run time
+    assert model_build.run(state, SMALL).status == "Succeeded"
+    assert len(registry.versions()) == 1
+
+
+def test_a_missing_threshold_fails_the_gate_step_saying_how_to_set_it(state):
+    execution = model_build.run(state, SMALL)
+    assert execution.status == "Failed"
+    assert f"parameter '{WQL_THRESHOLD}' is not set" in execution.failure_reason
+    assert "python -m helpers param set" in execution.failure_reason
+
+
+def test_too_little_data_names_the_minutes_needed_and_how_long_to_wait(tmp_path):
+    state = tmp_path / "state"
+    ingest.backfill(state, days=0.5, progress=False)
+    set_threshold(state, 1.0)
+    execution = model_build.run(state, SMALL)
+    assert execution.status == "Failed"
+    reason = execution.failure_reason
+    assert reason.startswith("Prepare: ValueError: too little data: 1680 minutes (28.0 h) are needed")
+    assert "Let the stream run" in reason and "python -m helpers backfill --days 3" in reason
+
+
+def test_mostly_missing_data_is_refused(tmp_path):
+    state = tmp_path / "state"
+    group = open_tx_per_minute(Paths.at(state).feature_store)
+    start = 1_800_000_000 // 60 * 60
+    records = [{"tx_minute": pd.Timestamp(start + 60 * i, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "window_start": float(start + 60 * i), "event_time": float(start + 60 * i + 60), "revision": 0,
+                "tx_count": 10, "total_fee": 1000, "avg_fee": 100.0} for i in range(2400) if i % 3 == 0]
+    group.put_records(records, "sparse")
+    set_threshold(state, 1.0)
+    execution = model_build.run(state, SMALL)
+    assert execution.status == "Failed" and "mostly gaps: 67% of the minutes have no record" in execution.failure_reason
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"epochs": 0}, "epochs=0 is out of range: use 1 to 1000"),
+    ({"dropout_rate": 1.5}, "dropout_rate=1.5 is out of range"),
+    ({"num_cells": 40.5}, "num_cells=40.5: must be an integer"),
+    ({"likelihood": "poisson"}, "likelihood='poisson': use one of"),
+    ({"time_freq": "every minute"}, "time_freq='every minute'"),
+    ({"learning_rate_x": 0.1}, "unknown hyperparameter 'learning_rate_x'"),
+])
+def test_hyperparameters_out_of_range_are_refused_by_name(values, message):
+    with pytest.raises(deepar.HyperparameterError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        deepar.DeepARHyperparameters.from_dict(values)
+
+
+def test_sagemaker_hyperparameters_are_strings_under_sagemaker_names():
+    sagemaker = deepar.DeepARHyperparameters().sagemaker()
+    assert sagemaker["likelihood"] == "student-T" and sagemaker["prediction_length"] == "30"
+    assert "num_batches_per_epoch" not in sagemaker and all(isinstance(v, str) for v in sagemaker.values())
+
+
+def test_a_failing_step_is_recorded_with_its_error_and_the_rest_skipped(tmp_path):
+    def boom(ctx):
+        raise RuntimeError("disk full")
+
+    store = ExecutionStore(tmp_path)
+    pipeline = Pipeline("demo", [Step("A", lambda ctx: {"a": 1}), Step("B", boom), Step("C", lambda ctx: {})])
+    execution = pipeline.run(store, {"x": 1})
+    assert execution.status == "Failed" and execution.failure_reason == "B: RuntimeError: disk full"
+    assert execution.steps["status"].tolist() == ["Succeeded", "Failed", "Skipped"]
+    assert "Traceback" in execution.steps["log"].iloc[1] and execution.outputs == {"a": 1}
+    assert store.list()["execution_id"].tolist() == [execution.execution_id]
+    with pytest.raises(KeyError, match="python -m helpers runs"):
+        store.get("nope")
+
+
+def test_executions_are_visible_from_the_command_line(state):
+    set_threshold(state, 1.0)
+    execution = model_build.run(state, SMALL)
+    cli = lambda *args: subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state), *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    listing = cli("runs")
+    assert listing.returncode == 0 and execution.execution_id in listing.stdout and "Succeeded" in listing.stdout
+    shown = cli("runs", execution.execution_id)
+    assert "QualityGate" in shown.stdout and "mean_wQuantileLoss" in shown.stdout
+    assert "PendingManualApproval" in cli("models").stdout
+    assert cli("param", "get", "/nope").returncode == 2
+
+
+def test_parameters_are_versioned_with_who_and_why(tmp_path):
+    params = ParameterStore(tmp_path / "params.db")
+    assert params.put_if_absent(WQL_THRESHOLD, 0.24) == "0.24"
+    assert params.put_if_absent(WQL_THRESHOLD, 0.5) == "0.24"  # already set: kept
+    params.put(WQL_THRESHOLD, 0.2, by="approver", reason="new model")
+    assert params.get_float(WQL_THRESHOLD) == 0.2
+    history = params.history(WQL_THRESHOLD)
+    assert [(h["version"], h["value"], h["modified_by"]) for h in history] == [(1, "0.24", "user"),
+                                                                               (2, "0.2", "approver")]
+    with pytest.raises(ValueError, match="use a path"):
+        params.put("threshold", 1)
+    assert json.dumps(np.float64(0.1).item())  # values are stored as text
