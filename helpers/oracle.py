@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.metrics import DEFAULT_QUANTILES
 from helpers.sources.simulator import (
     STATE_KEYS,
     SimulatorConfig,
@@ -28,8 +29,6 @@ from helpers.sources.simulator import (
     latent_levels,
     simulate_latent,
 )
-
-DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def oracle_forecast(

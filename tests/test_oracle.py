@@ -3,7 +3,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers.oracle import DEFAULT_QUANTILES, oracle_forecast, oracle_forecasts
+from helpers.metrics import DEFAULT_QUANTILES
+from helpers.oracle import oracle_forecast, oracle_forecasts
 from helpers.sources.simulator import Drift, SimulatorConfig, TransactionModel
 
 T0 = 1_763_337_600  # 2025-11-17T00:00:00Z
