@@ -1,8 +1,9 @@
 """Shared test set-up for tests/ and the notebooks (nbval).
 
 Every test session runs under a far-from-UTC time zone (timestamps must not
-depend on it) and in a fresh state directory, so no test touches a learner's
-.state/; any service the tests or notebooks left running is stopped at the end.
+depend on it), in a fresh state directory and on free endpoint ports, so no
+test touches a learner's .state/ or services; any service the tests or
+notebooks left running is stopped at the end.
 """
 import os
 import shutil
@@ -20,11 +21,16 @@ def pytest_configure(config):
     time.tzset()
     config._state_dir = tempfile.mkdtemp(prefix="mlops-test-state-")
     os.environ["MLOPS_STATE_DIR"] = config._state_dir
+    from helpers.daemon import free_port
+
+    for name in ("STAGING", "PROD"):  # never the default ports a learner's own endpoints may hold
+        os.environ[f"MLOPS_{name}_PORT"] = str(free_port())
 
 
 def pytest_unconfigure(config):
-    from helpers import ingest
+    from helpers import deploy, ingest
 
+    deploy.stop_endpoints(config._state_dir)
     ingest.stop(config._state_dir)
     shutil.rmtree(config._state_dir, ignore_errors=True)
 
@@ -54,9 +60,10 @@ def wait_for(predicate, timeout_s=120, what="condition"):
 
 @pytest.fixture
 def state_dir(tmp_path):
-    """A private state directory; any ingestion service started in it is stopped afterwards."""
-    from helpers import ingest
+    """A private state directory; any service started in it is stopped afterwards."""
+    from helpers import deploy, ingest
 
     path = tmp_path / "state"
     yield path
+    deploy.stop_endpoints(path)
     ingest.stop(path)

@@ -4,7 +4,7 @@ import sys
 
 from bench.common import RESULTS, save, table
 
-MODULES = ["bench.ingest", "bench.features", "bench.train"]
+MODULES = ["bench.ingest", "bench.features", "bench.train", "bench.serve"]
 
 
 def main(names: list[str]) -> int:

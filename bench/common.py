@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,18 @@ class Record:
     def meets_target(self) -> bool:
         op, bound = self.target.split()
         return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
+
+
+def timed(action, repeat: int, warm_up: bool = False) -> list[float]:
+    """Wall seconds of ``repeat`` calls of ``action`` (after one untimed call if ``warm_up``)."""
+    if warm_up:
+        action()
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def percentile(values, q: float) -> float:

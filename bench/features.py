@@ -3,26 +3,16 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 
 import numpy as np
 import pandas as pd
 
-from bench.common import Record, percentile
+from bench.common import Record, percentile, timed
 from helpers import ingest
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
 
 DAYS = 30
-
-
-def timed(action, repeat: int) -> list[float]:
-    seconds = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        seconds.append(time.perf_counter() - started)
-    return seconds
 
 
 def run() -> list[Record]:

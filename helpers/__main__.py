@@ -1,23 +1,30 @@
 """Command line for facilitators: ``python -m helpers <command>``.
 
   start      start the local ingestion service in the background (simulator by default)
-  stop       stop it cleanly (SIGTERM; it checkpoints first)
+  stop       stop every local service cleanly: the stream (it checkpoints first) and the endpoints
   status     print its health and counters
   backfill   fill the feature store with simulated history, in the foreground
   compact    merge the offline store's small Parquet files (the service also does it every minute)
-  reset      stop it and delete the local stream and feature store
+  reset      stop every local service and delete the local stream, features, models and endpoints
   drift      make the running simulator's fees jump, for the retraining demo
   train      run the model build pipeline (extract, train, evaluate, gate, register)
   runs       list pipeline executions; `runs ID` shows one execution's steps and metrics
   models     list registered model versions with their approval status
   param      get or set a parameter (the quality gate's threshold, ...)
   mlflow-ui  open the MLflow UI on the local registry
+  approve    approve a model version: updates the threshold, deploys it to staging, smoke-tests it
+  reject     reject a model version
+  promote    deploy the version staging serves to production (only if Approved, InService and smoke-tested)
+  deploy     deploy an Approved version to an endpoint (prod goes through the promotion guard)
+  rollback   swap an endpoint back to its previous version
+  describe   describe the staging and production endpoints
   demo       run every notebook headless in local mode (what `make demo` does)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--days", type=float, default=7.0)
     backfill.add_argument("--seed", type=int, default=42)
     commands.add_parser("compact", help="merge the offline store's small files")
-    commands.add_parser("reset", help="stop the service and delete the local stream and feature store")
+    commands.add_parser("reset", help="stop everything and delete the local state")
     drift = commands.add_parser("drift", help="multiply the simulator's fees from now on")
     drift.add_argument("--fee-factor", type=float, default=3.0)
     train = commands.add_parser("train", help="run the model build pipeline on the latest data")
@@ -62,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     param.add_argument("value", nargs="?")
     ui = commands.add_parser("mlflow-ui", help="open the MLflow UI on the local registry")
     ui.add_argument("--port", type=int, default=5000)
+    for verb in ("approve", "reject", "promote"):
+        decision = commands.add_parser(verb, help=f"{verb} a model version")
+        decision.add_argument("version", type=int, nargs="?",
+                              help="default: the latest pending one (to promote: the one staging serves)")
+        decision.add_argument("--by", required=True, help="who decides")
+        decision.add_argument("--reason", required=True, help="why")
+    deploy_cmd = commands.add_parser("deploy", help="deploy an Approved version to an endpoint")
+    deploy_cmd.add_argument("endpoint", choices=["staging", "prod"])
+    deploy_cmd.add_argument("version", type=int)
+    rollback_cmd = commands.add_parser("rollback", help="swap an endpoint back to its previous version")
+    rollback_cmd.add_argument("endpoint", choices=["staging", "prod"])
+    commands.add_parser("describe", help="describe the endpoints")
+    serve_endpoint = commands.add_parser("serve-endpoint")  # what deploy starts in the background
+    serve_endpoint.add_argument("endpoint", choices=["staging", "prod"])
     demo = commands.add_parser("demo", help="run the notebooks headless in local mode")
     demo.add_argument("notebooks", nargs="+", type=Path)
     demo.add_argument("--out", type=Path, default=Path("build/notebooks"))
@@ -74,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                         "record_to": args.record_to, "replay_file": args.replay_file}
             _print(ingest.start(args.state_dir, **settings))
         elif args.command == "stop":
+            from helpers import deploy
+
+            deploy.stop_endpoints(args.state_dir)
             _print(ingest.stop(args.state_dir))
         elif args.command == "status":
             current = ingest.status(args.state_dir)
@@ -92,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             _print(ingest.inject_drift(args.state_dir, fee_factor=args.fee_factor))
         elif args.command in ("train", "runs", "models", "param", "mlflow-ui"):
             return _model_command(args)
+        elif args.command in ("approve", "reject", "promote", "deploy", "rollback", "describe", "serve-endpoint"):
+            return _deploy_command(args)
         elif args.command == "demo":
             from helpers.notebooks import demo as run_demo
 
@@ -101,6 +127,33 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _deploy_command(args) -> int:
+    from helpers import deploy
+
+    if args.command == "serve-endpoint":
+        from helpers import serving
+        from helpers.config import Paths
+
+        paths = Paths.at(args.state_dir)
+        pid_file = deploy.pid_file(paths, args.endpoint)
+        pid_file.write_text(str(os.getpid()))
+        try:
+            serving.serve(args.endpoint, deploy.ports(paths)[args.endpoint], deploy.state_file(paths, args.endpoint))
+        finally:
+            pid_file.unlink(missing_ok=True)
+        return 0
+    if args.command in ("approve", "reject", "promote"):
+        action = {"approve": deploy.approve, "reject": deploy.reject, "promote": deploy.promote}[args.command]
+        _print(action(args.state_dir, args.version, by=args.by, reason=args.reason))
+    elif args.command == "deploy":
+        _print(deploy.deploy(args.state_dir, args.endpoint, args.version, by="cli"))
+    elif args.command == "rollback":
+        _print(deploy.rollback(args.state_dir, args.endpoint, by="cli"))
+    else:
+        _print({name: deploy.describe(args.state_dir, name) for name in deploy.ENDPOINTS})
     return 0
 
 

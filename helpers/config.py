@@ -87,6 +87,11 @@ class Paths:
         return self.root / "pipelines"
 
     @property
+    def endpoints(self) -> Path:
+        """Endpoint processes: ports (config.json), pid and state files, deployment history."""
+        return self.root / "endpoints"
+
+    @property
     def registry(self) -> Path:
         """The MLflow tracking and registry store (mlflow.db) and its artifacts."""
         return self.root / "registry"

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 
-def spawn(state_dir: Path, command: str, output: Path) -> subprocess.Popen:
-    """Start ``python -m helpers <command>`` detached, its stdout and stderr appended to ``output``."""
+def spawn(state_dir: Path, command: list[str], output: Path) -> subprocess.Popen:
+    """Start ``python -m helpers <command...>`` detached, its stdout and stderr appended to ``output``."""
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "helpers", "--state-dir", str(state_dir), command],
+            [sys.executable, "-m", "helpers", "--state-dir", str(state_dir), *command],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: it outlives the kernel that started it
         )
@@ -69,3 +69,12 @@ def terminate(pid_file: Path, timeout_s: float = 30) -> bool:
         os.kill(pid, signal.SIGKILL)
         return True
     return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -203,7 +203,7 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     if paths.ingest_config.exists() and settings:
         log.warning("state %s exists: resuming its stream, ignoring %s", paths.root, sorted(settings))
     _save_new_config(paths, IngestConfig(**settings))
-    process = daemon.spawn(paths.root, "serve-ingest", paths.root / "logs" / "ingest.out")
+    process = daemon.spawn(paths.root, ["serve-ingest"], paths.root / "logs" / "ingest.out")
     return _wait_for_status(paths, process, wait_s)
 
 
@@ -254,12 +254,16 @@ def status(state_dir: str | Path | None = None) -> dict:
 
 
 def reset(state_dir: str | Path | None = None) -> None:
-    """Stop the service and delete its stream, checkpoint and feature store: a fresh start."""
+    """Stop every local service and delete what they made (stream, features, models, endpoints): a fresh start."""
     import shutil
 
+    from helpers import deploy
+
     paths = Paths.at(state_dir)
+    deploy.stop_endpoints(paths.root)
     stop(paths.root)
-    for name in ("stream", "feature_store", "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
+    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "params.db", "ingest.json",
+                 "clock.json", "drifts.json", "ingest-status.json"):
         target = paths.root / name
         if target.is_dir():
             shutil.rmtree(target)

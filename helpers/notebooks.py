@@ -42,7 +42,7 @@ def extract_figures(executed: Path, figure_dir: Path) -> list[Path]:
 
 def demo(notebooks: list[Path], out_dir: Path) -> None:
     """Run every notebook in order in local mode, then stop the services they started."""
-    from helpers import ingest
+    from helpers import deploy, ingest
 
     try:
         for notebook in notebooks:
@@ -51,5 +51,6 @@ def demo(notebooks: list[Path], out_dir: Path) -> None:
             figures = extract_figures(executed, out_dir / "figures")
             print(f"{Path(notebook).name}: ran in {time.monotonic() - started:.0f} s, {len(figures)} figures")
     finally:
+        deploy.stop_endpoints()
         ingest.stop()
     print(f"executed notebooks and figures: {out_dir}/")

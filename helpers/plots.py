@@ -114,3 +114,23 @@ def plot_forecast_fans(series: pd.Series, origins: list[int], forecast: dict, ti
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_live_forecast(history: pd.Series, prediction: dict, title: str, context: int = 180):
+    """The last ``context`` minutes and an endpoint's forecast after them: median and 10-90 / 30-70 % bands."""
+    quantiles = prediction["quantiles"]
+    horizon = len(prediction["mean"])
+    future = pd.date_range(history.index[-1] + pd.Timedelta(minutes=1), periods=horizon, freq="min")
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    recent = history.iloc[-context:]
+    ax.plot(recent.index, recent, color="grey", lw=0.9, label="avg fee, last minutes")
+    ax.fill_between(future, quantiles["0.1"], quantiles["0.9"], alpha=0.25, label="10-90 %")
+    ax.fill_between(future, quantiles["0.3"], quantiles["0.7"], alpha=0.35, label="30-70 %")
+    ax.plot(future, quantiles["0.5"], lw=1.4, label="median")
+    ax.set_title(title)
+    ax.set_ylabel("avg fee (sat)")
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig

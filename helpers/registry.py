@@ -84,7 +84,10 @@ class ModelRegistry:
         return self.get(group, int(version.version))
 
     def get(self, group: str, version: int) -> ModelVersion:
-        mv = self.client.get_model_version(group, str(version))
+        try:
+            mv = self.client.get_model_version(group, str(version))
+        except self._mlflow.exceptions.MlflowException:
+            raise ValueError(f"no version {version} of model group {group!r}: see python -m helpers models") from None
         tags = dict(mv.tags)
         return ModelVersion(
             group=group, version=int(mv.version), approval_status=tags.get("approval_status", "PendingManualApproval"),
@@ -93,6 +96,29 @@ class ModelRegistry:
             data_range=json.loads(tags.get("data_range", "{}")), feature_group=tags.get("feature_group", ""),
             pipeline_execution_id=tags.get("pipeline_execution_id", ""), run_id=mv.run_id, artifact_uri=mv.source,
             created_at=pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"), tags=tags)
+
+    def set_approval(self, group: str, version: int, status: str, by: str, reason: str) -> ModelVersion:
+        """Approve or reject a version (UpdateModelPackage's ModelApprovalStatus), keeping who, why and when."""
+        if status not in APPROVAL_STATUSES:
+            raise ValueError(f"approval status {status!r}: use one of {APPROVAL_STATUSES}")
+        if not by or not reason:
+            raise ValueError("say who decides and why: by='your name', reason='...'")
+        current = self.get(group, version)
+        entry = {"status": status, "by": by, "reason": reason, "at": pd.Timestamp.now(tz="UTC").isoformat(),
+                 "previous": current.approval_status}
+        history = json.loads(current.tags.get("approval_history", "[]")) + [entry]
+        for key, value in {"approval_status": status, "approval_by": by, "approval_reason": reason,
+                           "approval_history": json.dumps(history)}.items():
+            self.client.set_model_version_tag(group, str(version), key, value)
+        log.info("%s version %s: %s -> %s by %s (%s)", group, version, current.approval_status, status, by, reason)
+        return self.get(group, version)
+
+    def latest(self, group: str = MODEL_GROUP, status: str | None = None) -> ModelVersion | None:
+        """The newest version, optionally only among those with ``status``."""
+        table = self.versions(group)
+        if status is not None:
+            table = table[table["approval_status"] == status]
+        return None if table.empty else self.get(group, int(table["version"].iloc[0]))
 
     def versions(self, group: str = MODEL_GROUP) -> pd.DataFrame:
         """Every version with its status and headline metric, newest first."""

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from helpers import ingest
+from helpers import deploy, ingest
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
 from helpers.notebooks import NOTEBOOK_DIR, extract_figures, run_notebook
@@ -36,7 +36,7 @@ def text_of(outputs: list[dict]) -> str:
 
 
 @pytest.mark.slow
-def test_01_ingestion_then_02_features_then_03_training(tmp_path):
+def test_the_notebooks_in_order_01_to_04(tmp_path):
     state = tmp_path / "state"
     try:
         _, figures = run("01_ingestion.ipynb", tmp_path, backfill_days=1.5, speed=60.0, watch_seconds=4,
@@ -69,5 +69,14 @@ def test_01_ingestion_then_02_features_then_03_training(tmp_path):
         assert "seasonal_naive" in text and "naive_last_value" in text
         versions = ModelRegistry(Paths.at(state).registry).versions()
         assert versions["approval_status"].tolist() == ["PendingManualApproval"]
+
+        outputs, figures = run("04_deploy.ipynb", tmp_path, state_dir=str(state))
+        text = text_of(outputs)
+        assert len(figures) == 1 and "smoke test on staging: passed" in text and "boto3 InvokeEndpoint" in text
+        assert "400 {'error'" in text
+        for name in deploy.ENDPOINTS:
+            described = deploy.describe(state, name)
+            assert described["EndpointStatus"] == "InService" and described["ModelVersion"] == 1
     finally:
+        deploy.stop_endpoints(state)
         ingest.stop(state)
