@@ -128,3 +128,10 @@ def test_a_deploy_that_fails_keeps_the_old_version_and_says_why(state):
         deploy.deploy(state, "staging", 2, by="ana", reason="broken")
     assert deploy.describe(state, "staging")["ModelVersion"] == 1
     assert deploy.DeploymentLog(Paths.at(state)).history()["status"].tolist()[-1] == "Failed"
+
+
+def test_a_version_knows_which_baselines_it_beats(trained_state):
+    version = ModelRegistry(Paths.at(trained_state).registry).get(MODEL_GROUP, 1)
+    score = version.metrics["mean_wQuantileLoss"]
+    assert version.baselines_beaten() == [name for name, m in version.baselines.items()
+                                          if m["mean_wQuantileLoss"] > score]
