@@ -21,19 +21,10 @@ def from_unix(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
-def to_unix(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: pass a timezone-aware UTC time (tzinfo=timezone.utc)")
-    return moment.timestamp()
-
-
 def minute_iso(unix_minute_start: float) -> str:
     """'2026-11-22T13:05:00Z': the record identifier of a one-minute window."""
     return from_unix(unix_minute_start).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
-def parse_minute_iso(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 @dataclass
