@@ -141,7 +141,8 @@ def _deploy_command(args) -> int:
         pid_file = deploy.pid_file(paths, args.endpoint)
         pid_file.write_text(str(os.getpid()))
         try:
-            serving.serve(args.endpoint, deploy.ports(paths)[args.endpoint], deploy.state_file(paths, args.endpoint))
+            serving.serve(args.endpoint, deploy.ports(paths)[args.endpoint], deploy.state_file(paths, args.endpoint),
+                          capture_dir=deploy.capture_dir(paths, args.endpoint))
         finally:
             pid_file.unlink(missing_ok=True)
         return 0

@@ -70,6 +70,11 @@ def state_file(paths: Paths, name: str) -> Path:
     return paths.endpoints / f"{name}.json"
 
 
+def capture_dir(paths: Paths, name: str) -> Path:
+    """Where the endpoint captures the requests it serves and its forecasts (SageMaker's data capture)."""
+    return paths.endpoints / "capture" / name
+
+
 def pid_file(paths: Paths, name: str) -> Path:
     return paths.endpoints / f"{name}.pid"
 

@@ -18,6 +18,7 @@ import reprlib
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,6 +305,7 @@ class Endpoint:
         self.in_service_since: datetime | None = None
         self.last_modified = utc_now()
         self._updating = threading.Lock()  # one deploy or rollback at a time
+        self.capture: DataCapture | None = None
 
     def describe(self) -> dict:
         current = self.current
@@ -452,6 +454,54 @@ class MetricsMiddleware:
                                  time.perf_counter() - started)
 
 
+# ---- data capture -----------------------------------------------------------------------------------------
+
+class DataCapture:
+    """Every served request and its response, one JSON line each, in SageMaker's data capture format.
+
+    Files are ``<directory>/YYYY/MM/DD/HH/<endpoint>.jsonl`` by UTC inference time, as SageMaker lays them out in
+    S3. Each event has an id (also the ``x-inference-id`` response header), its time and the model version, so
+    a monitor can score every forecast this endpoint served, and only those.
+    """
+
+    def __init__(self, directory: Path, endpoint_name: str):
+        self.directory = Path(directory)
+        self.endpoint_name = endpoint_name
+        self._lock = threading.Lock()  # requests run in parallel threads; lines must not interleave
+
+    def record(self, model_version: int, content_type: str, request: bytes, response: bytes) -> str:
+        event_id, now = uuid.uuid4().hex, utc_now()
+        line = orjson.dumps({
+            "captureData": {
+                "endpointInput": {"observedContentType": content_type, "mode": "INPUT",
+                                  "data": request.decode("utf-8", "replace"), "encoding": "JSON"},
+                "endpointOutput": {"observedContentType": content_type, "mode": "OUTPUT",
+                                   "data": response.decode(), "encoding": "JSON"},
+            },
+            "eventMetadata": {"eventId": event_id, "inferenceTime": now.isoformat(),
+                              "endpointName": self.endpoint_name, "modelVersion": model_version},
+            "eventVersion": "0",
+        }, option=orjson.OPT_APPEND_NEWLINE)
+        path = self.directory / f"{now:%Y/%m/%d/%H}" / f"{self.endpoint_name}.jsonl"
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as capture:
+                capture.write(line)
+        return event_id
+
+
+def read_capture(directory: Path) -> list[dict]:
+    """The captured events under ``directory``, oldest first; a line cut short by a crash is skipped."""
+    events = []
+    for path in sorted(Path(directory).rglob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                log.warning("skipping a corrupt data capture line in %s", path)
+    return sorted(events, key=lambda event: event["eventMetadata"]["inferenceTime"])
+
+
 # ---- the app ----------------------------------------------------------------------------------------------
 
 _INVOCATION_DOCS: dict[str, Any] = {
@@ -467,9 +517,11 @@ _INVOCATION_DOCS: dict[str, Any] = {
 }
 
 
-def create_app(endpoint_name: str, state_file: Path) -> FastAPI:
-    """The endpoint's app, serving the model version its state file records (if any)."""
+def create_app(endpoint_name: str, state_file: Path, capture_dir: Path | None = None) -> FastAPI:
+    """The endpoint's app, serving the model version its state file records (if any); with ``capture_dir``,
+    every request and response is captured there."""
     endpoint = Endpoint(endpoint_name, state_file)
+    endpoint.capture = DataCapture(capture_dir, endpoint_name) if capture_dir else None
     endpoint.restore()
     metrics = Metrics(endpoint_name)
     app = FastAPI(title=f"Local SageMaker endpoint {endpoint_name}", version="1",
@@ -555,7 +607,10 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
                            for p in predictions)
     else:
         content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(content, media_type=content_type, headers={"x-model-version": str(model.version)})
+    headers = {"x-model-version": str(model.version)}
+    if endpoint.capture is not None:
+        headers["x-inference-id"] = endpoint.capture.record(model.version, content_type, body, content)
+    return Response(content, media_type=content_type, headers=headers)
 
 
 def _content_type(header: str | None) -> str:
@@ -607,13 +662,14 @@ async def _on_http_error(request: Request, error: HTTPException) -> Response:
                                                                  f"{error.detail}; see /docs for the routes", None))
 
 
-def serve(endpoint_name: str, port: int, state_file: Path, host: str = "127.0.0.1") -> None:
+def serve(endpoint_name: str, port: int, state_file: Path, host: str = "127.0.0.1",
+          capture_dir: Path | None = None) -> None:
     """Run the endpoint in the foreground until SIGTERM or SIGINT; in-flight requests finish first."""
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found. This one
     # makes that (or a SIGTERM while the model loads) a clean exit, so the caller's cleanup still runs.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     deepar.use_inference_threads()  # requests run in parallel threads, each forecast on one core
-    app = create_app(endpoint_name, state_file)
+    app = create_app(endpoint_name, state_file, capture_dir)
     uvicorn.run(app, host=host, port=port, workers=1, access_log=False, log_level="info")
 
 

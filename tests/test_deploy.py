@@ -135,3 +135,27 @@ def test_a_version_knows_which_baselines_it_beats(trained_state):
     score = version.metrics["mean_wQuantileLoss"]
     assert version.baselines_beaten() == [name for name, m in version.baselines.items()
                                           if m["mean_wQuantileLoss"] > score]
+
+
+def test_each_endpoint_captures_the_forecasts_it_served(state):
+    import json
+
+    import httpx
+
+    from helpers.serving import read_capture
+
+    paths = Paths.at(state)
+    deploy.approve(state, 1, by="ana", reason="ok")  # its smoke test is the first request staging serves
+    request = deploy.deepar_request(deploy.latest_minutes(state, 300))
+    response = httpx.post(f"{deploy.url(paths, 'staging')}/endpoints/staging/invocations", json=request, timeout=60)
+    events = read_capture(deploy.capture_dir(paths, "staging"))
+    assert len(events) == 2
+    last = events[-1]
+    assert last["eventMetadata"]["eventId"] == response.headers["x-inference-id"]
+    assert last["eventMetadata"]["modelVersion"] == 1 and last["eventMetadata"]["endpointName"] == "staging"
+    assert json.loads(last["captureData"]["endpointInput"]["data"]) == request
+    assert json.loads(last["captureData"]["endpointOutput"]["data"]) == response.json()
+    assert read_capture(deploy.capture_dir(paths, "prod")) == []  # each stage keeps only its own forecasts
+    with open(next(deploy.capture_dir(paths, "staging").rglob("*.jsonl")), "ab") as capture:
+        capture.write(b'{"captureData": {"endpointIn')  # a crash mid-line
+    assert len(read_capture(deploy.capture_dir(paths, "staging"))) == 2
