@@ -1,10 +1,8 @@
 """The local feature store: definitions, online and offline reads, datasets, compaction, concurrency."""
 import multiprocessing
-import time
 from datetime import datetime
 
 import boto3
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -220,15 +218,6 @@ def test_reads_and_compaction_while_the_stream_writes_never_see_a_row_twice_or_l
     assert final == expected
     reader.compact()
     assert rows(reader) == expected and reader.offline.stats()["files"] == 1
-
-
-def test_online_get_record_is_fast(group):
-    group.put_records([minute(i) for i in range(1000)], "b")
-    ids = [minute(i)["tx_minute"] for i in np.random.default_rng(0).integers(0, 1000, 2000)]
-    started = time.perf_counter()
-    for record_id in ids:
-        assert group.get_record(record_id) is not None
-    assert (time.perf_counter() - started) / len(ids) < 0.01  # generous: the benchmark measures the real figure
 
 
 def test_data_quality_reports_gaps_revisions_duplicates_and_outliers(group):

@@ -154,7 +154,8 @@ class FeatureGroup:
                 "INSERT INTO online_records VALUES (?, ?, ?, ?, ?) ON CONFLICT (feature_group, record_id) DO UPDATE"
                 " SET event_time = excluded.event_time, record = excluded.record, write_time = excluded.write_time"
                 " WHERE excluded.event_time >= online_records.event_time",
-                [(self.name, r[ident], _order_key(r[event_time]), json.dumps(r), write_time) for r in checked])
+                [(self.name, r[ident], as_unix(r[event_time], "event_time"), json.dumps(r), write_time)
+                 for r in checked])
         return written
 
     # ------------------------------------------------------------ online reads
@@ -260,10 +261,6 @@ class FeatureGroup:
         d = self.definition
         skip = {d.record_identifier, d.event_time_feature, d.grid[0] if d.grid else None}
         return [f.name for f in d.features if f.name not in skip and f.type != "String"]
-
-
-def _order_key(event_time) -> float:
-    return as_unix(event_time, "event_time")
 
 
 def _grid_bounds(start, end, step: int) -> tuple[int, int]:
