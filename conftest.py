@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,10 +29,9 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    from helpers import deploy, ingest
+    from helpers import services
 
-    deploy.stop_endpoints(config._state_dir)
-    ingest.stop(config._state_dir)
+    services.stop_all(config._state_dir)
     shutil.rmtree(config._state_dir, ignore_errors=True)
 
 
@@ -45,6 +45,17 @@ def make_events(rows) -> np.ndarray:
         events[i]["hash"][8:] = 7
         events[i]["time"], events[i]["fee"], events[i]["size"], events[i]["weight"] = t, fee, size, weight
     return events
+
+
+def private_copy(state: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of a prepared state directory, whose endpoints get ports of their own."""
+    from helpers.daemon import free_port
+
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+    for name in ("STAGING", "PROD"):
+        monkeypatch.setenv(f"MLOPS_{name}_PORT", str(free_port()))
+    return copy
 
 
 def wait_for(predicate, timeout_s=120, what="condition"):
@@ -61,9 +72,8 @@ def wait_for(predicate, timeout_s=120, what="condition"):
 @pytest.fixture
 def state_dir(tmp_path):
     """A private state directory; any service started in it is stopped afterwards."""
-    from helpers import deploy, ingest
+    from helpers import services
 
     path = tmp_path / "state"
     yield path
-    deploy.stop_endpoints(path)
-    ingest.stop(path)
+    services.stop_all(path)

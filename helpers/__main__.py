@@ -1,7 +1,7 @@
 """Command line for facilitators: ``python -m helpers <command>``.
 
   start      start the local ingestion service in the background (simulator by default)
-  stop       stop every local service cleanly: the stream (it checkpoints first) and the endpoints
+  stop       stop every local service cleanly: monitor, retrain, endpoints, the stream (it checkpoints first)
   status     print its health and counters
   backfill   fill the feature store with simulated history, in the foreground
   compact    merge the offline store's small Parquet files (the service also does it every minute)
@@ -18,6 +18,9 @@
   deploy     deploy an Approved version to an endpoint (prod goes through the promotion guard)
   rollback   swap an endpoint back to its previous version
   describe   describe the staging and production endpoints
+  speed      change how fast simulated time runs (60: an hour a minute)
+  monitor    start, stop or show the hourly monitor; `monitor run-now` evaluates every matured hour now
+  alarms     show the alarms' state and their history of transitions
   demo       run every notebook headless in local mode (what `make demo` does)
 """
 from __future__ import annotations
@@ -81,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     rollback_cmd = commands.add_parser("rollback", help="swap an endpoint back to its previous version")
     rollback_cmd.add_argument("endpoint", choices=["staging", "prod"])
     commands.add_parser("describe", help="describe the endpoints")
+    speed = commands.add_parser("speed", help="change how fast simulated time runs")
+    speed.add_argument("speed", type=float, help="simulated seconds per wall second")
+    monitor_cmd = commands.add_parser("monitor", help="the hourly monitor")
+    monitor_cmd.add_argument("action", choices=["start", "stop", "status", "run-now"])
+    monitor_cmd.add_argument("--auto-approve", action="store_true",
+                             help="a retrained model goes on through staging to production by itself")
+    commands.add_parser("alarms", help="the alarms' state and history")
+    commands.add_parser("serve-monitor")  # what `monitor start` runs in the background
+    retrain_cmd = commands.add_parser("retrain")  # what an alarm's action runs in the background
+    retrain_cmd.add_argument("retrain_id", type=int)
     serve_endpoint = commands.add_parser("serve-endpoint")  # what deploy starts in the background
     serve_endpoint.add_argument("endpoint", choices=["staging", "prod"])
     demo = commands.add_parser("demo", help="run the notebooks headless in local mode")
@@ -95,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                         "record_to": args.record_to, "replay_file": args.replay_file}
             _print(ingest.start(args.state_dir, **settings))
         elif args.command == "stop":
-            from helpers import deploy
+            from helpers import services
 
-            deploy.stop_endpoints(args.state_dir)
-            _print(ingest.stop(args.state_dir))
+            still = services.stop_all(args.state_dir)
+            print("every local service stopped" if not still else f"still running: {still}")
+            return 1 if still else 0
         elif args.command == "status":
             current = ingest.status(args.state_dir)
             _print(current)
@@ -118,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return _model_command(args)
         elif args.command in ("approve", "reject", "promote", "deploy", "rollback", "describe", "serve-endpoint"):
             return _deploy_command(args)
+        elif args.command in ("speed", "monitor", "alarms", "serve-monitor", "retrain"):
+            return _monitor_command(args)
         elif args.command == "demo":
             from helpers.notebooks import demo as run_demo
 
@@ -127,6 +143,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _monitor_command(args) -> int:
+    from helpers import monitor, retrain
+
+    if args.command == "speed":
+        _print(ingest.set_speed(args.state_dir, args.speed))
+    elif args.command == "serve-monitor":
+        monitor.serve(args.state_dir)
+    elif args.command == "retrain":
+        print(retrain.run(args.state_dir, args.retrain_id))
+    elif args.command == "alarms":
+        import pandas as pd
+
+        from helpers.alarms import open_stores
+        from helpers.config import Paths
+
+        pd.set_option("display.width", 200, "display.max_colwidth", 120)
+        _print(monitor.status(args.state_dir)["alarms"])
+        print(open_stores(Paths.at(args.state_dir).monitoring)[1].history().to_string(index=False))
+    elif args.action == "start":
+        _print(monitor.start(args.state_dir, **({"auto_approve": True} if args.auto_approve else {})))
+    elif args.action == "stop":
+        monitor.stop(args.state_dir)
+    elif args.action == "status":
+        _print(monitor.status(args.state_dir))
+    else:
+        _print(monitor.run_now(args.state_dir))
     return 0
 
 

@@ -26,7 +26,6 @@ def minute_iso(unix_minute_start: float) -> str:
     return from_unix(unix_minute_start).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-
 @dataclass
 class SimClock:
     """Event time that runs ``speed`` times faster than the wall clock.
@@ -58,6 +57,45 @@ class SimClock:
     @classmethod
     def load(cls, path: Path) -> "SimClock":
         return cls(**json.loads(Path(path).read_text()))
+
+    def at_speed(self, speed: float) -> "SimClock":
+        """The same simulated time from now on, running at ``speed``."""
+        if not speed > 0:
+            raise ValueError(f"speed={speed}: must be > 0 (simulated seconds per wall second)")
+        return SimClock.starting_now(self.now(), speed)
+
+
+class SharedClock:
+    """The simulated clock in ``path``, re-read when the file changes: a speed change reaches every process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._version: tuple | None = None
+        self._clock = self._reload()
+
+    def now(self) -> float:
+        return self._reload().now()
+
+    def wall_seconds(self, sim_seconds: float) -> float:
+        return self._reload().wall_seconds(sim_seconds)
+
+    @property
+    def speed(self) -> float:
+        return self._reload().speed
+
+    def _reload(self) -> SimClock:
+        stat = self.path.stat()
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if version != self._version:
+            self._clock, self._version = SimClock.load(self.path), version
+        return self._clock
+
+
+def set_speed(path: Path, speed: float) -> SimClock:
+    """Change how fast simulated time runs, from now on, for every process sharing ``path``."""
+    clock = SimClock.load(path).at_speed(speed)
+    clock.save(path)
+    return clock
 
 
 def write_json_atomic(path: Path, payload) -> None:

@@ -92,6 +92,11 @@ class Paths:
         return self.root / "endpoints"
 
     @property
+    def monitoring(self) -> Path:
+        """The hourly monitor: its forecasts ledger, metrics and alarms (the CloudWatch twin), retrains, pid."""
+        return self.root / "monitoring"
+
+    @property
     def registry(self) -> Path:
         """The MLflow tracking and registry store (mlflow.db) and its artifacts."""
         return self.root / "registry"

@@ -238,7 +238,8 @@ def approve(state_dir=None, version: int | None = None, by: str = "", reason: st
     version = version if version is not None else _latest_pending(registry)
     model = registry.set_approval(MODEL_GROUP, version, "Approved", by, reason)
     threshold = update_threshold_on_approval(ParameterStore(paths.params), model.metrics["mean_wQuantileLoss"],
-                                             update_rate, by=by, version=version)
+                                             update_rate, by=by, version=version,
+                                             floor=model.metrics.get("worst_hour_wQuantileLoss"))
     staging = deploy(paths.root, "staging", version, by=by, reason=f"approved: {reason}")
     return {"model_version": version, "threshold": threshold, "staging": staging,
             "smoke_test": smoke_test(paths.root, "staging")}
@@ -260,14 +261,21 @@ def _latest_pending(registry: ModelRegistry) -> int:
 
 
 def update_threshold_on_approval(params: ParameterStore, new_wql: float, update_rate: float = THRESHOLD_UPDATE_RATE,
-                                 by: str = "approval", version: int | None = None) -> dict:
-    """The original rule: if new < threshold, threshold = new + |new - threshold| x rate, and current = new."""
+                                 by: str = "approval", version: int | None = None, floor: float | None = None) -> dict:
+    """The original rule: if new < threshold, threshold = new + |new - threshold| x rate, and current = new.
+
+    With a fix: the new threshold is never below ``floor``, the model's worst hour on its own test windows
+    (so it may rise). The alarm judges single hours against this threshold, and a good model's hourly wQL
+    varies with the hour's fee spikes around its mean: a threshold the model itself missed hour by hour in
+    testing would make a freshly retrained model breach it at once, the original's problem.
+    """
     old_threshold = params.get_float(WQL_THRESHOLD)
     old_current = _current(params)
     change = {"old_threshold": old_threshold, "new_threshold": old_threshold, "old_current_wql": old_current,
-              "new_current_wql": old_current, "update_rate": update_rate}
+              "new_current_wql": old_current, "update_rate": update_rate, "floor": floor}
     if new_wql < old_threshold:
-        change["new_threshold"] = new_wql + abs(new_wql - old_threshold) * update_rate
+        moved = new_wql + abs(new_wql - old_threshold) * update_rate
+        change["new_threshold"] = moved if floor is None else max(moved, floor)
         change["new_current_wql"] = new_wql
         why = f"approval of model version {version}: mean wQL {new_wql:.4f}"
         params.put(WQL_THRESHOLD, change["new_threshold"], by=by, reason=why)

@@ -16,8 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from helpers import clock as simclock
 from helpers import daemon
-from helpers.clock import SimClock, minute_iso, write_json_atomic
+from helpers.clock import SharedClock, SimClock, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.eventlog import EventLog
 from helpers.feature_store import open_tx_per_minute
@@ -63,9 +64,8 @@ def make_source(config: IngestConfig, paths: Paths):
     if config.source == "simulator":
         from helpers.sources.simulator import Simulator, SimulatorConfig
 
-        clock = SimClock.load(paths.clock)
-        return Simulator(SimulatorConfig(seed=config.seed), start=config.start, clock=clock, until=config.until,
-                         drift_file=paths.drifts)
+        return Simulator(SimulatorConfig(seed=config.seed), start=config.start, clock=SharedClock(paths.clock),
+                         until=config.until, drift_file=paths.drifts)
     if config.source == "blockchain":
         from helpers.sources.blockchain import DEFAULT_URL, BlockchainPoller
 
@@ -257,13 +257,12 @@ def reset(state_dir: str | Path | None = None) -> None:
     """Stop every local service and delete what they made (stream, features, models, endpoints): a fresh start."""
     import shutil
 
-    from helpers import deploy
+    from helpers import services
 
     paths = Paths.at(state_dir)
-    deploy.stop_endpoints(paths.root)
-    stop(paths.root)
-    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "params.db", "ingest.json",
-                 "clock.json", "drifts.json", "ingest-status.json"):
+    services.stop_all(paths.root)
+    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "monitoring", "params.db",
+                 "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
         target = paths.root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -317,6 +316,16 @@ def inject_drift(state_dir: str | Path | None = None, fee_factor: float = 3.0, r
     drift = Drift(start=when, fee_factor=fee_factor, rate_factor=rate_factor)
     add_drift(paths.drifts, drift)
     return {"drift_from": minute_iso(when), "fee_factor": fee_factor, "rate_factor": rate_factor}
+
+
+def set_speed(state_dir: str | Path | None = None, speed: float = 60.0) -> dict:
+    """Run simulated time ``speed`` times faster than the wall clock from now on (the stream and the monitor
+    follow at once): 60 shows an hour a minute, 600 an hour in six seconds."""
+    paths = Paths.at(state_dir)
+    if not paths.clock.exists():
+        raise RuntimeError("no simulator has run in this state directory; start one first")
+    clock = simclock.set_speed(paths.clock, speed)
+    return {"sim_now": minute_iso(clock.now()), "speed": clock.speed}
 
 
 def wait_until_caught_up(state_dir: str | Path | None = None, timeout_s: float = 900, progress: bool = True) -> dict:

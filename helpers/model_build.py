@@ -20,7 +20,7 @@ from helpers.baselines import DAY, baseline_forecasts
 from helpers.clock import as_unix
 from helpers.config import Paths
 from helpers.feature_store import TX_PER_MINUTE, open_tx_per_minute
-from helpers.metrics import DEFAULT_QUANTILES, evaluate
+from helpers.metrics import DEFAULT_QUANTILES, evaluate, mean_weighted_quantile_loss
 from helpers.params import WQL_THRESHOLD, ParameterStore
 from helpers.pipeline import Execution, ExecutionStore, Pipeline, QualityGateFailed, Step
 from helpers.registry import ModelRegistry
@@ -139,12 +139,22 @@ def forecast(ctx: dict) -> dict:
 
 
 def evaluate_step(ctx: dict) -> dict:
-    """Mean wQL (0.1..0.9), per-quantile wQL, RMSE and coverage, for DeepAR and each baseline."""
-    ctx["evaluation"] = {name: evaluate(ctx["actuals"], f) for name, f in ctx["forecasts"].items()}
+    """Mean wQL (0.1..0.9), per-quantile wQL, RMSE and coverage, and the worst hour's mean wQL (what the hourly
+    monitor will see on a bad hour), for DeepAR and each baseline."""
+    per_hour = max(1, 60 // ctx["settings"].hyperparameters.prediction_length)  # test windows in an hour
+    ctx["evaluation"] = {name: {**evaluate(ctx["actuals"], f), "worst_hour_wQuantileLoss":
+                                worst_hour(ctx["actuals"], f, per_hour)} for name, f in ctx["forecasts"].items()}
     scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
     log.info("mean wQL: %s", ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
     return {"mean_wQuantileLoss": scores["deepar"],
             "baselines_mean_wQuantileLoss": {k: v for k, v in scores.items() if k != "deepar"}}
+
+
+def worst_hour(actuals: np.ndarray, forecast: dict, windows_per_hour: int) -> float:
+    """The highest mean wQL of any hour of consecutive test windows."""
+    return max(mean_weighted_quantile_loss(actuals[i:i + windows_per_hour],
+                                           {key: values[i:i + windows_per_hour] for key, values in forecast.items()})
+               for i in range(0, len(actuals), windows_per_hour))
 
 
 def quality_gate(ctx: dict) -> dict:

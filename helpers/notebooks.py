@@ -42,7 +42,7 @@ def extract_figures(executed: Path, figure_dir: Path) -> list[Path]:
 
 def demo(notebooks: list[Path], out_dir: Path) -> None:
     """Run every notebook in order in local mode, then stop the services they started."""
-    from helpers import deploy, ingest
+    from helpers import services
 
     try:
         for notebook in notebooks:
@@ -51,6 +51,5 @@ def demo(notebooks: list[Path], out_dir: Path) -> None:
             figures = extract_figures(executed, out_dir / "figures")
             print(f"{Path(notebook).name}: ran in {time.monotonic() - started:.0f} s, {len(figures)} figures")
     finally:
-        deploy.stop_endpoints()
-        ingest.stop()
+        services.stop_all()
     print(f"executed notebooks and figures: {out_dir}/")

@@ -134,3 +134,34 @@ def plot_live_forecast(history: pd.Series, prediction: dict, title: str, context
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_monitoring(timeline: pd.DataFrame, alarm_history: pd.DataFrame, retrains: pd.DataFrame,
+                    drift_at: pd.Timestamp | None = None):
+    """The loop on one figure: wQL per hour and stage, the threshold, alarm periods, drift, retrains, deploys."""
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ends = timeline["hour"].max() + pd.Timedelta(hours=1) if len(timeline) else None
+    for stage, style, shade in (("prod", "-o", "tab:red"), ("staging", "--s", "tab:orange")):
+        hours = timeline[timeline["stage"] == stage]
+        ax.plot(hours["hour"] + pd.Timedelta(minutes=30), hours["wql"], style, ms=4, label=f"{stage} wQL")
+        transitions = alarm_history[alarm_history["name"].str.endswith(stage)]
+        for (_, t), (_, after) in zip(transitions.iterrows(), list(transitions.iloc[1:].iterrows()) + [(None, None)]):
+            if t["new_state"] == "ALARM":
+                ax.axvspan(t["at"], after["at"] if after is not None else ends, color=shade, alpha=0.12,
+                           label=f"{stage} alarm in ALARM")
+    threshold = timeline.groupby("hour")["threshold"].max()
+    ax.step(threshold.index, threshold.to_numpy(), where="post", color="black", lw=1, label="threshold")
+    started = retrains[retrains["status"] != "Skipped"]
+    for i, at in enumerate(started["requested_sim"].dropna()):
+        ax.axvline(at, color="tab:purple", ls=":", label="retrain started" if i == 0 else None)
+    for i, at in enumerate(retrains.loc[retrains["status"] == "Deployed", "ended_sim"].dropna()):
+        ax.axvline(at, color="tab:green", lw=2, label="retrained model deployed" if i == 0 else None)
+    if drift_at is not None:
+        ax.axvline(drift_at, color="tab:brown", lw=2, ls="--", label="fee drift injected")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", ncol=2)
+    ax.set(title="Hourly monitoring: mean wQL of each endpoint's own forecasts", xlabel="event time (UTC)",
+           ylabel="mean wQL (lower is better)")
+    fig.autofmt_xdate()
+    return fig

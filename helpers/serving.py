@@ -492,14 +492,24 @@ class DataCapture:
 
 def read_capture(directory: Path) -> list[dict]:
     """The captured events under ``directory``, oldest first; a line cut short by a crash is skipped."""
-    events = []
-    for path in sorted(Path(directory).rglob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            try:
-                events.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                log.warning("skipping a corrupt data capture line in %s", path)
+    events = [event for path in sorted(Path(directory).rglob("*.jsonl")) for event in read_capture_file(path)[0]]
     return sorted(events, key=lambda event: event["eventMetadata"]["inferenceTime"])
+
+
+def read_capture_file(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The events of one capture file from byte ``offset`` on, and the offset after the last complete line (a
+    line still being written is left for the next read; a corrupt one is skipped)."""
+    with open(path, "rb") as capture:
+        capture.seek(offset)
+        data = capture.read()
+    complete = data[:data.rfind(b"\n") + 1]
+    events = []
+    for line in complete.splitlines():
+        try:
+            events.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            log.warning("skipping a corrupt data capture line in %s", path)
+    return events, offset + len(complete)
 
 
 # ---- the app ----------------------------------------------------------------------------------------------

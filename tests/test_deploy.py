@@ -1,11 +1,11 @@
 """Approval, the threshold rule, staging and production endpoints, the promotion guard, rollback."""
-import shutil
 from dataclasses import replace
 
 import pytest
 from test_model_build import SMALL
 
-from helpers import daemon, deploy, ingest, model_build
+from conftest import private_copy
+from helpers import deploy, ingest, model_build
 from helpers.config import Paths
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
 from helpers.registry import MODEL_GROUP, ModelRegistry
@@ -27,10 +27,7 @@ def trained_state(tmp_path_factory):
 
 @pytest.fixture
 def state(trained_state, tmp_path, monkeypatch):
-    copy = tmp_path / "state"
-    shutil.copytree(trained_state, copy)
-    monkeypatch.setenv("MLOPS_STAGING_PORT", str(daemon.free_port()))
-    monkeypatch.setenv("MLOPS_PROD_PORT", str(daemon.free_port()))
+    copy = private_copy(trained_state, tmp_path, monkeypatch)
     yield copy
     deploy.stop_endpoints(copy)
 
@@ -55,6 +52,20 @@ def test_threshold_update_rule(tmp_path, threshold, current, new, rate, expected
     if expected_threshold != threshold:  # old and new values are kept, with who and why
         last = params.history(WQL_THRESHOLD)[-1]
         assert last["modified_by"] == "tester" and "version 3" in last["reason"]
+
+
+@pytest.mark.parametrize(("new", "floor", "expected"), [
+    (0.10, 0.12, 0.17),  # the model's worst test hour is below the moved threshold: the original rule
+    (0.10, 0.20, 0.20),  # its worst hour is above: the threshold stays there, so the model does not breach it
+    (0.10, 0.30, 0.30),  # ... even above the old threshold: the alarm judges hours, and its hours reach 0.30
+    (0.30, 0.50, 0.24),  # not better than the threshold: nothing moves, as in the original
+])
+def test_a_new_threshold_is_never_below_the_models_own_worst_hour(tmp_path, new, floor, expected):
+    params = ParameterStore(tmp_path / "params.db")
+    params.put(WQL_THRESHOLD, 0.24)
+    change = deploy.update_threshold_on_approval(params, new, 0.5, by="tester", version=2, floor=floor)
+    assert change["new_threshold"] == pytest.approx(expected) and params.get_float(WQL_THRESHOLD) == pytest.approx(
+        expected)
 
 
 def test_approve_deploys_staging_smoke_tests_it_then_promote_deploys_prod(state):

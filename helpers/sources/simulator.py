@@ -40,7 +40,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from helpers.clock import SimClock, write_json_atomic
+from helpers.clock import SharedClock, SimClock, write_json_atomic
 from helpers.events import EVENT_DTYPE, EventBatch, hash_keys
 
 log = logging.getLogger(__name__)
@@ -415,7 +415,7 @@ class Simulator(TransactionModel):
         self,
         config: SimulatorConfig,
         start: float,
-        clock: SimClock,
+        clock: SimClock | SharedClock,
         until: float | None = None,
         drift_file: Path | None = None,
         backfill_chunk_s: float = 3600,

@@ -1,0 +1,481 @@
+"""Hourly model monitoring per stage, its alarms, and the retrain they start: the loop's last step (notebook 05).
+
+Every hour of event time, for each endpoint (staging, prod) separately:
+
+1. Read the forecasts that endpoint served from its own data capture (never the other stage's: the
+   original's production monitor scored staging).
+2. Take every forecast point whose minute falls in the hour, now that the hour has matured (the
+   stream's watermark is past it plus the allowed lateness, so no revision can change its actuals),
+   and compare it with the feature store: mean wQL over all of them (hundreds of points, not 5).
+3. Publish ``weighted_quantile_loss`` and ``weighted_quantile_loss_threshold`` to the namespace
+   ``CustomModelMonitoring`` with dimension ``StageName``, stamped with the hour. The metric store
+   keeps one datapoint per hour, so re-running an hour (after a crash, or "run now") never
+   double-publishes.
+4. Evaluate the stage's alarm (Maximum, 3600 s, 3 of 3, >= threshold, missing = notBreaching), the
+   threshold read from the parameter store now. While it is in ALARM, each period it asks for a
+   retrain (:mod:`helpers.retrain`), which runs one at a time per project.
+
+A fresh model is judged on its own forecasts only: an alarm ignores the hours before the version it
+watches was serving them alone (those hours are missing data, so not breaching). Together with the
+threshold floor applied at approval (see :func:`helpers.deploy.update_threshold_on_approval`), a
+retrained model does not inherit its predecessor's breaches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from helpers import alarms, daemon
+from helpers.clock import SharedClock, minute_iso, write_json_atomic
+from helpers.config import Paths
+from helpers.deploy import ENDPOINTS, capture_dir
+from helpers.feature_store import open_tx_per_minute
+from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
+from helpers.params import WQL_THRESHOLD, ParameterStore
+from helpers.serving import read_capture_file
+from helpers.sqlite import SQLiteFile
+
+log = logging.getLogger("helpers.monitor")
+
+HOUR = 3600
+ALLOWED_LATENESS_S = 300  # the stream revises a minute up to 5 minutes after it closed
+LOOP_INTERVAL_S = 0.5  # wall seconds between checks for a matured hour
+
+
+@dataclass
+class MonitorConfig:
+    """The monitor's settings; saved on its first start, like the stream's."""
+
+    forecast_every_minutes: int = 10  # the application asks each endpoint for a forecast this often
+    history_minutes: int = 1440  # of features sent with each request
+    auto_approve: bool = False  # headless runs: a retrained model goes on through staging to production
+    # A retrain learns from the recent past, where the regime that broke the model is, and holds out less of it
+    # (2 hours of test windows, 1 of validation) so that the new regime reaches its training data sooner.
+    retrain_training_days: float = 1.5
+    retrain_test_windows: int = 4
+    retrain_validation_windows: int = 2
+    retrain_epochs: int = 5
+    evaluation_periods: int = 3
+    datapoints_to_alarm: int = 3
+
+    def __post_init__(self):
+        if self.forecast_every_minutes < 1 or self.history_minutes < 60:
+            raise ValueError("forecast_every_minutes must be >= 1 and history_minutes >= 60")
+
+    @classmethod
+    def load(cls, paths: Paths) -> "MonitorConfig":
+        file = paths.monitoring / "config.json"
+        return cls(**json.loads(file.read_text())) if file.exists() else cls()
+
+    def save(self, paths: Paths) -> None:
+        paths.monitoring.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(paths.monitoring / "config.json", asdict(self))
+
+
+def alarm_name(stage: str) -> str:
+    return f"btc-avg-fee-wql-{stage}"
+
+
+def alarm_settings(stage: str, config: MonitorConfig) -> alarms.AlarmSettings:
+    return alarms.AlarmSettings(alarm_name(stage), {"StageName": stage}, evaluation_periods=config.evaluation_periods,
+                                datapoints_to_alarm=config.datapoints_to_alarm)
+
+
+# ---------------------------------------------------------------- the forecasts each stage served
+
+
+class Ledger(SQLiteFile):
+    """The forecasts read from each stage's capture, and each evaluated hour."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS forecasts (
+        event_id TEXT PRIMARY KEY, stage TEXT NOT NULL, model_version INTEGER, origin REAL NOT NULL,
+        horizon INTEGER NOT NULL, quantiles TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS forecasts_by_origin ON forecasts (stage, origin);
+    CREATE TABLE IF NOT EXISTS capture_offsets (path TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS evaluations (
+        stage TEXT NOT NULL, hour REAL NOT NULL, wql REAL, points INTEGER NOT NULL, forecasts INTEGER NOT NULL,
+        versions TEXT NOT NULL, threshold REAL NOT NULL, evaluated_at REAL NOT NULL, PRIMARY KEY (stage, hour));
+    """
+
+    def __init__(self, paths: Paths):
+        super().__init__(paths.monitoring / "monitor.db")
+
+    def read_captures(self, paths: Paths, stage: str) -> int:
+        """Add the forecasts captured since the last read; returns how many."""
+        added = 0
+        for path in sorted(capture_dir(paths, stage).rglob("*.jsonl")):
+            row = self._conn.execute("SELECT offset FROM capture_offsets WHERE path = ?", (str(path),)).fetchone()
+            events, offset = read_capture_file(path, row[0] if row else 0)
+            rows = [forecast for event in events for forecast in _forecasts(event, stage)]
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("INSERT OR IGNORE INTO forecasts VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._conn.execute("INSERT OR REPLACE INTO capture_offsets VALUES (?, ?)", (str(path), offset))
+            added += len(rows)
+        return added
+
+    def forecasts_for(self, stage: str, start: float, end: float) -> list[tuple]:
+        """(model_version, origin, horizon, quantiles) of the forecasts with a point in [start, end)."""
+        return self._conn.execute(
+            "SELECT model_version, origin, horizon, quantiles FROM forecasts WHERE stage = ? AND origin < ?"
+            " AND origin + horizon * 60 > ?", (stage, end, start)).fetchall()
+
+    def first_origin(self, stage: str) -> float | None:
+        return self._conn.execute("SELECT MIN(origin) FROM forecasts WHERE stage = ?", (stage,)).fetchone()[0]
+
+    def last_evaluated(self, stage: str) -> float | None:
+        return self._conn.execute("SELECT MAX(hour) FROM evaluations WHERE stage = ?", (stage,)).fetchone()[0]
+
+    def record(self, stage: str, hour: float, result: dict, threshold: float) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (stage, hour, result["wql"], result["points"], result["forecasts"],
+                            json.dumps(result["versions"]), threshold, time.time()))
+
+    def versions_by_hour(self, stage: str, start: float, end: float) -> dict[float, list[int]]:
+        rows = self._conn.execute("SELECT hour, versions FROM evaluations WHERE stage = ? AND hour >= ? AND hour < ?",
+                                  (stage, start, end))
+        return {hour: json.loads(versions) for hour, versions in rows}
+
+    def serving_version(self, stage: str) -> int | None:
+        """The version of the newest forecast the stage served."""
+        row = self._conn.execute("SELECT model_version FROM forecasts WHERE stage = ? ORDER BY origin DESC,"
+                                 " rowid DESC LIMIT 1", (stage,)).fetchone()
+        return row[0] if row else None
+
+    def evaluations(self) -> pd.DataFrame:
+        frame = pd.read_sql("SELECT stage, hour, wql, points, forecasts, versions, threshold FROM evaluations"
+                            " ORDER BY hour, stage", self._conn)
+        frame["hour"] = pd.to_datetime(frame["hour"], unit="s", utc=True)
+        return frame
+
+
+def _forecasts(event: dict, stage: str) -> list[tuple]:
+    """One row per instance of a captured request: its origin is the minute after the history it was sent."""
+    meta, data = event["eventMetadata"], event["captureData"]
+    try:
+        instances = json.loads(data["endpointInput"]["data"])["instances"]
+        predictions = json.loads(data["endpointOutput"]["data"])["predictions"]
+    except (ValueError, KeyError, TypeError):
+        return []  # not a DeepAR request (an error the endpoint answered): nothing to score
+    rows = []
+    for i, (instance, prediction) in enumerate(zip(instances, predictions)):
+        quantiles = prediction.get("quantiles", {})
+        if not all(str(q) in quantiles for q in DEFAULT_QUANTILES):
+            continue  # asked for other quantiles: wQL over 0.1..0.9 cannot be computed
+        start = pd.Timestamp(instance["start"], tz="UTC").timestamp()
+        origin = start + 60 * len(instance["target"])
+        rows.append((f"{meta['eventId']}-{i}", stage, meta.get("modelVersion"), origin,
+                     len(quantiles[str(DEFAULT_QUANTILES[0])]), json.dumps({str(q): quantiles[str(q)]
+                                                                            for q in DEFAULT_QUANTILES})))
+    return rows
+
+
+# ---------------------------------------------------------------- scoring an hour
+
+
+def score_hour(ledger: Ledger, actuals: pd.Series, stage: str, hour: float) -> dict:
+    """Mean wQL over every point, forecast by ``stage``, whose minute is in [hour, hour + 1 h)."""
+    ys, predicted, versions, forecasts = [], {str(q): [] for q in DEFAULT_QUANTILES}, set(), 0
+    for version, origin, horizon, quantiles in ledger.forecasts_for(stage, hour, hour + HOUR):
+        minutes = origin + 60 * np.arange(horizon)
+        inside = (minutes >= hour) & (minutes < hour + HOUR)
+        quantiles = json.loads(quantiles)
+        ys.extend(actuals.reindex(pd.to_datetime(minutes[inside], unit="s", utc=True)).to_numpy(float))
+        for q in predicted:
+            predicted[q].extend(np.asarray(quantiles[q], dtype=float)[inside])
+        versions.add(version)
+        forecasts += 1
+    y = np.array(ys)
+    observed = ~np.isnan(y)
+    wql = mean_weighted_quantile_loss(y[None, :], {q: np.array(v)[None, :] for q, v in predicted.items()}) \
+        if observed.any() and np.abs(y[observed]).sum() > 0 else None
+    return {"wql": wql, "points": int(observed.sum()), "forecasts": forecasts, "versions": sorted(versions)}
+
+
+def _actuals(paths: Paths, start: float, end: float) -> pd.Series:
+    features = open_tx_per_minute(paths.feature_store)
+    try:
+        return features.training_dataset(pd.Timestamp(start, unit="s", tz="UTC"), pd.Timestamp(end, unit="s", tz="UTC"),
+                                         features=["avg_fee"]).frame["avg_fee"]
+    finally:
+        features.close()
+
+
+def mature_until(paths: Paths) -> float | None:
+    """Minutes before this instant are final: the newest closed minute, less the allowed lateness."""
+    features = open_tx_per_minute(paths.feature_store)
+    try:
+        newest = features.latest_online(1)
+    finally:
+        features.close()
+    return newest[0]["window_start"] + 60 - ALLOWED_LATENESS_S if newest else None
+
+
+# ---------------------------------------------------------------- one run: every matured hour, then the alarms
+
+
+def run_now(state_dir=None) -> list[dict]:
+    """Evaluate every hour that matured since the last run, for each stage; publish; evaluate the alarms and
+    start their action. Safe to call any time, from anywhere: an hour is published once."""
+    paths = Paths.at(state_dir)
+    config = MonitorConfig.load(paths)
+    ledger, (metrics, alarm_store) = Ledger(paths), alarms.open_stores(paths.monitoring)
+    params = ParameterStore(paths.params)
+    done = []
+    try:
+        until = mature_until(paths)
+        for stage in ENDPOINTS:
+            alarm_store.put_alarm(alarm_settings(stage, config), at=until or 0)
+            ledger.read_captures(paths, stage)
+            for hour in _due_hours(ledger, stage, until):
+                result = evaluate_hour(paths, ledger, metrics, params, stage, hour)
+                result["alarm"] = evaluate_alarm(paths, ledger, metrics, alarm_store, params, stage, hour + HOUR)
+                done.append(result)
+    finally:
+        for store in (ledger, metrics, alarm_store, params):
+            store.close()
+    return done
+
+
+def _due_hours(ledger: Ledger, stage: str, until: float | None) -> list[float]:
+    first = ledger.first_origin(stage)
+    if until is None or first is None:
+        return []
+    last = ledger.last_evaluated(stage)
+    start = last + HOUR if last is not None else first // HOUR * HOUR
+    return [float(h) for h in range(int(start), int(until) - HOUR + 1, HOUR)]
+
+
+def evaluate_hour(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, params: ParameterStore, stage: str,
+                  hour: float) -> dict:
+    result = score_hour(ledger, _actuals(paths, hour, hour + HOUR), stage, hour)
+    threshold = params.get_float(WQL_THRESHOLD)
+    if result["wql"] is not None:  # no forecast, no datapoint: the alarm sees missing data
+        dimensions = [{"Name": "StageName", "Value": stage}]
+        metrics.put_metric_data(alarms.NAMESPACE, [
+            {"MetricName": alarms.WQL_METRIC, "Dimensions": dimensions, "Timestamp": hour, "Value": result["wql"]},
+            {"MetricName": alarms.THRESHOLD_METRIC, "Dimensions": dimensions, "Timestamp": hour, "Value": threshold}])
+    ledger.record(stage, hour, result, threshold)
+    log.info("%s %s: wQL %s over %d points of %d forecasts (versions %s)", stage, minute_iso(hour),
+             "n/a" if result["wql"] is None else f"{result['wql']:.4f}", result["points"], result["forecasts"],
+             result["versions"])
+    return {"stage": stage, "hour": minute_iso(hour), **result, "threshold": threshold}
+
+
+def evaluate_alarm(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, alarm_store: alarms.AlarmStore,
+                   params: ParameterStore, stage: str, period_end: float) -> str:
+    """Evaluate the stage's alarm through ``period_end``; while it is in ALARM, ask for a retrain."""
+    settings = alarm_store.settings(alarm_name(stage))
+    start = period_end - settings.evaluation_range * settings.period
+    values = metrics.statistics(settings.namespace, settings.metric_name, settings.dimensions, start, period_end,
+                                settings.period, settings.statistic)
+    settled = _served_alone_since(ledger.versions_by_hour(stage, start, period_end), ledger.serving_version(stage))
+    periods = [start + k * settings.period for k in range(settings.evaluation_range)]
+    judged = [values.get(p) if p >= settled else None for p in periods]
+    threshold = params.get_float(settings.threshold_parameter)
+    old = alarm_store.describe(settings.name)["StateValue"]
+    state, reason = alarms.evaluate(judged, threshold, settings, old)
+    alarm_store.record(settings.name, period_end, state, reason, threshold)
+    if state != old:
+        log.warning("alarm %s: %s -> %s: %s", settings.name, old, state, reason)
+    if state == alarms.ALARM:
+        from helpers import retrain
+
+        retrain.request(paths, requested_by=settings.name, reason=f"{settings.name} in ALARM at "
+                                                                   f"{minute_iso(period_end)}: {reason}")
+    return state
+
+
+def _served_alone_since(versions_by_hour: dict[float, list[int]], serving: int | None) -> float:
+    """The first hour from which the version serving now served alone: earlier hours belong to other versions."""
+    others = [hour for hour, versions in versions_by_hour.items() if versions and set(versions) != {serving}]
+    return max(others) + HOUR if others else -math.inf
+
+
+# ---------------------------------------------------------------- reading the results
+
+
+def timeline(state_dir=None) -> pd.DataFrame:
+    """One row per (hour, stage): wQL, threshold, points, versions."""
+    ledger = Ledger(Paths.at(state_dir))
+    try:
+        return ledger.evaluations()
+    finally:
+        ledger.close()
+
+
+# ---------------------------------------------------------------- the monitor service
+
+
+def request_forecasts(paths: Paths, config: MonitorConfig, clock: SharedClock, stop: threading.Event) -> None:
+    """The application's side: every ``forecast_every_minutes`` of event time, ask each endpoint in service for
+    the next 30 minutes, with the latest features. These are the forecasts the monitor later scores."""
+    from helpers import deploy
+
+    every = config.forecast_every_minutes * 60
+    due = math.ceil(clock.now() / every) * every
+    while not stop.is_set():
+        now = clock.now()
+        if now < due:
+            stop.wait(min(0.25, clock.wall_seconds(due - now)))
+            continue
+        due = max(due + every, math.floor(now / every) * every + every)  # after a stall, skip to the next slot
+        try:
+            request = deploy.deepar_request(deploy.latest_minutes(paths.root, config.history_minutes))
+            for stage in ENDPOINTS:
+                if deploy.describe(paths.root, stage).get("EndpointStatus") == "InService":
+                    deploy.invoke(paths.root, stage, request)
+        except Exception:
+            log.exception("forecast request failed; trying again at the next slot")
+
+
+def serve(state_dir=None) -> None:
+    """Run the monitor in the foreground until SIGTERM: forecast requests, and every matured hour evaluated."""
+    paths = Paths.at(state_dir)
+    logging.basicConfig(filename=paths.root / "logs" / "monitor.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    logging.Formatter.converter = time.gmtime
+    pid_file = paths.monitoring / "monitor.pid"
+    pid_file.write_text(str(os.getpid()))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    clock = SharedClock(paths.clock)
+    traffic = threading.Thread(target=request_forecasts, args=(paths, MonitorConfig.load(paths), clock, stop),
+                               name="forecasts", daemon=True)
+    traffic.start()
+    log.info("monitor started: pid %d", os.getpid())
+    try:
+        while not stop.is_set():
+            try:
+                run_now(paths.root)
+            except Exception:
+                log.exception("monitor run failed; retrying")
+            write_json_atomic(paths.monitoring / "status.json", {"pid": os.getpid(), "updated_at": time.time(),
+                                                                 "sim_now": minute_iso(clock.now())})
+            stop.wait(LOOP_INTERVAL_S)
+    finally:
+        traffic.join(timeout=30)
+        pid_file.unlink(missing_ok=True)
+        log.info("monitor stopped cleanly")
+
+
+def start(state_dir=None, wait_s: float = 30, **settings) -> dict:
+    """Start the monitor in the background (a no-op if it runs); ``settings`` are :class:`MonitorConfig` fields,
+    saved for this and later runs."""
+    paths = Paths.at(state_dir)
+    MonitorConfig(**{**asdict(MonitorConfig.load(paths)), **settings}).save(paths)
+    if not running(paths.root):
+        process = daemon.spawn(paths.root, ["serve-monitor"], paths.root / "logs" / "monitor.out")
+        deadline = time.monotonic() + wait_s
+        while not running(paths.root):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the monitor did not start; see {paths.root / 'logs' / 'monitor.out'}")
+            time.sleep(0.1)
+    return status(paths.root)
+
+
+def stop(state_dir=None) -> None:
+    daemon.terminate(Paths.at(state_dir).monitoring / "monitor.pid")
+
+
+def running(state_dir=None) -> bool:
+    return daemon.alive(daemon.read_pid(Paths.at(state_dir).monitoring / "monitor.pid"))
+
+
+def status(state_dir=None) -> dict:
+    """Whether the monitor runs, its settings, and each alarm's state."""
+    paths = Paths.at(state_dir)
+    metrics, alarm_store = alarms.open_stores(paths.monitoring)
+    try:
+        states = {}
+        for stage in ENDPOINTS:
+            try:
+                states[stage] = alarm_store.describe(alarm_name(stage))
+            except KeyError:
+                states[stage] = {"StateValue": "not created yet"}
+    finally:
+        metrics.close()
+        alarm_store.close()
+    return {"running": running(paths.root), "config": asdict(MonitorConfig.load(paths)), "alarms": states}
+
+
+# ---------------------------------------------------------------- waiting for the loop, from a notebook
+
+
+def retrains(state_dir=None) -> pd.DataFrame:
+    """Every retrain an alarm asked for: started, skipped (and why), its execution, model version and outcome."""
+    from helpers.retrain import RetrainLog
+
+    log_ = RetrainLog(Paths.at(state_dir))
+    try:
+        return log_.frame()
+    finally:
+        log_.close()
+
+
+def alarm_history(state_dir=None) -> pd.DataFrame:
+    _, alarm_store = alarms.open_stores(Paths.at(state_dir).monitoring)
+    try:
+        return alarm_store.history()
+    finally:
+        alarm_store.close()
+
+
+def wait_for_hours(state_dir=None, hours: int = 1, stage: str = "prod", version: int | None = None,
+                   timeout_s: float = 300) -> pd.DataFrame:
+    """Block until ``stage`` has ``hours`` scored hours (served by ``version`` alone, if given); returns them."""
+    def scored():
+        frame = timeline(state_dir)
+        frame = frame[(frame["stage"] == stage) & frame["wql"].notna()]
+        if version is not None:
+            frame = frame[frame["versions"] == json.dumps([version])]
+        return frame if len(frame) >= hours else None
+    return _wait(state_dir, scored, f"{hours} scored hour(s) of {stage}", timeout_s)
+
+
+def wait_for_alarm(state_dir=None, timeout_s: float = 300) -> pd.DataFrame:
+    """Block until an alarm goes into ALARM; returns the alarm history."""
+    seen = len(alarm_history(state_dir))
+
+    def fired():
+        history = alarm_history(state_dir).iloc[seen:]
+        return history if (history["new_state"] == alarms.ALARM).any() else None
+    _wait(state_dir, fired, "an alarm", timeout_s)
+    return alarm_history(state_dir)
+
+
+def wait_for_retrain(state_dir=None, outcome: str = "Deployed", timeout_s: float = 600) -> pd.Series:
+    """Block until a retrain ends with ``outcome`` (Deployed; PendingManualApproval without auto_approve)."""
+    def ended():
+        frame = retrains(state_dir)
+        done = frame[frame["status"] == outcome]
+        return done.iloc[-1] if len(done) else None
+    return _wait(state_dir, ended, f"a retrain {outcome}", timeout_s)
+
+
+def _wait(state_dir, predicate, what: str, timeout_s: float):
+    from tqdm.auto import tqdm
+
+    paths = Paths.at(state_dir)
+    deadline = time.monotonic() + timeout_s
+    with tqdm(desc=f"waiting for {what}", bar_format="{desc} {elapsed} {postfix}") as bar:
+        while (result := predicate()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout_s:.0f} s; see {paths.root / 'logs' / 'monitor.log'}")
+            if not running(paths.root):
+                raise RuntimeError(f"the monitor is not running; see {paths.root / 'logs' / 'monitor.out'}")
+            states = {s: a["StateValue"] for s, a in status(paths.root)["alarms"].items()}
+            bar.set_postfix_str(f"event time {minute_iso(SharedClock(paths.clock).now())}, alarms {states}")
+            time.sleep(1)
+    return result

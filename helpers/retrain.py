@@ -1,0 +1,180 @@
+"""The alarm action: retrain on the latest data, one retrain at a time per project.
+
+An alarm in ALARM asks for a retrain every period (as CloudWatch repeats Auto Scaling actions),
+so a retrain whose model failed the quality gate (too little of the new regime in its data yet)
+is tried again an hour later on more data. Each request is recorded, started or skipped:
+
+- skipped while another retrain is in flight: a lock file held by the retrain's process (released
+  by the kernel if that process dies) makes it one per project, however many alarms fire;
+- skipped while a model version waits for a human's approval: retraining again would only pile up
+  versions nobody decided on.
+
+The retrain runs the model build pipeline in its own process (training must not stall the monitor).
+Its model lands PendingManualApproval; with the monitor's ``auto_approve`` it is approved, deployed
+to staging, smoke-tested and, if that passed, promoted to production.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from helpers import daemon
+from helpers.clock import SimClock
+from helpers.config import Paths
+from helpers.registry import ModelRegistry
+from helpers.sqlite import SQLiteFile
+
+log = logging.getLogger("helpers.retrain")
+
+SPAWN_GRACE_S = 120  # a requested retrain counts as in flight this long before its process holds the lock
+
+
+class RetrainLog(SQLiteFile):
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS retrains (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, requested_by TEXT NOT NULL, reason TEXT NOT NULL,
+        status TEXT NOT NULL, execution_id TEXT, model_version INTEGER, detail TEXT NOT NULL DEFAULT '{}',
+        requested_at REAL NOT NULL, ended_at REAL, requested_sim REAL, ended_sim REAL);
+    """
+
+    def __init__(self, paths: Paths):
+        super().__init__(paths.monitoring / "retrains.db")
+        self.clock = paths.clock  # times are kept in both clocks: wall (for people) and event (for the timeline)
+
+    def add(self, requested_by: str, reason: str, status: str, **detail) -> int:
+        return self._conn.execute("INSERT INTO retrains (requested_by, reason, status, detail, requested_at,"
+                                  " requested_sim) VALUES (?, ?, ?, ?, ?, ?)",
+                                  (requested_by, reason, status, json.dumps(detail), time.time(),
+                                   self._sim_now())).lastrowid
+
+    def update(self, retrain_id: int, status: str, **fields) -> None:
+        assignments = "".join(f", {name} = ?" for name in fields)
+        self._conn.execute(f"UPDATE retrains SET status = ?, ended_at = ?, ended_sim = ?{assignments} WHERE id = ?",
+                           (status, time.time(), self._sim_now(), *fields.values(), retrain_id))
+
+    def _sim_now(self) -> float | None:
+        return SimClock.load(self.clock).now() if self.clock.exists() else None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            yield
+
+    def starting(self, within_s: float = SPAWN_GRACE_S) -> bool:
+        """Was a retrain requested moments ago whose process has not taken the lock yet?"""
+        return self._conn.execute("SELECT 1 FROM retrains WHERE status = 'Requested' AND requested_at > ?",
+                                  (time.time() - within_s,)).fetchone() is not None
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.read_sql("SELECT * FROM retrains ORDER BY id", self._conn)
+        for column in ("requested_at", "ended_at", "requested_sim", "ended_sim"):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame
+
+
+def _lock_file(paths: Paths) -> Path:
+    paths.monitoring.mkdir(parents=True, exist_ok=True)
+    return paths.monitoring / "retrain.lock"
+
+
+@contextmanager
+def single_flight(paths: Paths) -> Iterator[bool]:
+    """Hold the project's retrain lock if it is free; yields whether this caller holds it."""
+    with open(_lock_file(paths), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def in_flight(paths: Paths) -> bool:
+    with single_flight(paths) as free:
+        return not free
+
+
+def request(paths: Paths, requested_by: str, reason: str) -> str:
+    """The alarm action: start a retrain in the background unless one is in flight or a version awaits
+    approval. Returns what happened: "started", "skipped: ..."."""
+    pending = ModelRegistry(paths.registry).latest(status="PendingManualApproval")
+    retrains = RetrainLog(paths)
+    try:
+        with retrains.exclusive():  # check and record in one transaction: concurrent alarms see each other
+            if in_flight(paths) or retrains.starting():
+                return _skip(retrains, requested_by, reason, "a retrain is already in flight")
+            if pending is not None:
+                return _skip(retrains, requested_by, reason, f"version {pending.version} awaits approval: approve "
+                                                             "or reject it first (python -m helpers approve|reject)")
+            retrain_id = retrains.add(requested_by, reason, "Requested")
+    finally:
+        retrains.close()
+    daemon.spawn(paths.root, ["retrain", str(retrain_id)], paths.root / "logs" / "retrain.out")
+    log.warning("retrain %d started: %s", retrain_id, reason)
+    return "started"
+
+
+def _skip(retrains: RetrainLog, requested_by: str, reason: str, why: str) -> str:
+    retrains.add(requested_by, reason, "Skipped", why=why)
+    log.info("retrain not started (%s): %s", why, reason)
+    return f"skipped: {why}"
+
+
+def run(state_dir, retrain_id: int) -> str:
+    """Run retrain ``retrain_id`` in this process, holding the lock; returns its final status."""
+    paths = Paths.at(state_dir)
+    retrains = RetrainLog(paths)
+    try:
+        with single_flight(paths) as holding:
+            if not holding:
+                retrains.update(retrain_id, "Skipped", detail=json.dumps({"why": "another retrain got there first"}))
+                return "Skipped"
+            pid_file = paths.monitoring / "retrain.pid"
+            pid_file.write_text(str(os.getpid()))
+            try:
+                retrains.update(retrain_id, "Executing")
+                status, fields = _build_and_ship(paths)
+                retrains.update(retrain_id, status, **fields)
+                return status
+            finally:
+                pid_file.unlink(missing_ok=True)
+    finally:
+        retrains.close()
+
+
+def _build_and_ship(paths: Paths) -> tuple[str, dict]:
+    from helpers import deepar, deploy, model_build
+    from helpers.monitor import MonitorConfig
+
+    deepar.use_inference_threads()  # one thread: the stream, endpoints and monitor share these cores
+    config = MonitorConfig.load(paths)
+    settings = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=config.retrain_epochs),
+                                         training_days=config.retrain_training_days,
+                                         n_test_windows=config.retrain_test_windows,
+                                         n_validation_windows=config.retrain_validation_windows)
+    execution = model_build.run(paths.root, settings)
+    fields = {"execution_id": execution.execution_id}
+    if not execution.succeeded:
+        return execution.status, {**fields, "detail": json.dumps({"why": execution.failure_reason})}
+    version = execution.outputs["model_version"]
+    fields["model_version"] = version
+    if not MonitorConfig.load(paths).auto_approve:
+        return "PendingManualApproval", fields
+    who, why = "auto_approve", f"retrained after an alarm (execution {execution.execution_id})"
+    approval = deploy.approve(paths.root, version, by=who, reason=why)
+    if not approval["smoke_test"]["passed"]:
+        return "StagingSmokeTestFailed", {**fields, "detail": json.dumps(approval["smoke_test"], default=str)}
+    deploy.promote(paths.root, version, by=who, reason=why)
+    return "Deployed", fields
