@@ -4,7 +4,7 @@ import sys
 
 from bench.common import RESULTS, save, table
 
-MODULES = ["bench.ingest", "bench.features", "bench.train", "bench.serve"]
+MODULES = ["bench.ingest", "bench.features", "bench.train", "bench.serve", "bench.suite"]
 
 
 def main(names: list[str]) -> int:

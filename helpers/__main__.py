@@ -154,6 +154,7 @@ def _monitor_command(args) -> int:
     elif args.command == "serve-monitor":
         monitor.serve(args.state_dir)
     elif args.command == "retrain":
+        retrain.stop_on_sigterm()
         print(retrain.run(args.state_dir, args.retrain_id))
     elif args.command == "alarms":
         import pandas as pd

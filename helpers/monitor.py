@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from helpers import alarms, daemon
+from helpers import alarms, daemon, deploy
 from helpers.clock import SharedClock, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.deploy import ENDPOINTS, capture_dir
@@ -63,7 +63,7 @@ class MonitorConfig:
     retrain_training_days: float = 1.5
     retrain_test_windows: int = 4
     retrain_validation_windows: int = 2
-    retrain_epochs: int = 5
+    retrain_epochs: int = 10
     evaluation_periods: int = 3
     datapoints_to_alarm: int = 3
 
@@ -145,12 +145,6 @@ class Ledger(SQLiteFile):
         rows = self._conn.execute("SELECT hour, versions FROM evaluations WHERE stage = ? AND hour >= ? AND hour < ?",
                                   (stage, start, end))
         return {hour: json.loads(versions) for hour, versions in rows}
-
-    def serving_version(self, stage: str) -> int | None:
-        """The version of the newest forecast the stage served."""
-        row = self._conn.execute("SELECT model_version FROM forecasts WHERE stage = ? ORDER BY origin DESC,"
-                                 " rowid DESC LIMIT 1", (stage,)).fetchone()
-        return row[0] if row else None
 
     def evaluations(self) -> pd.DataFrame:
         frame = pd.read_sql("SELECT stage, hour, wql, points, forecasts, versions, threshold FROM evaluations"
@@ -279,7 +273,8 @@ def evaluate_alarm(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, al
     start = period_end - settings.evaluation_range * settings.period
     values = metrics.statistics(settings.namespace, settings.metric_name, settings.dimensions, start, period_end,
                                 settings.period, settings.statistic)
-    settled = _served_alone_since(ledger.versions_by_hour(stage, start, period_end), ledger.serving_version(stage))
+    serving = deploy.describe(paths.root, stage).get("ModelVersion")  # the endpoint's word: captures may lag a swap
+    settled = _served_alone_since(ledger.versions_by_hour(stage, start, period_end), serving)
     periods = [start + k * settings.period for k in range(settings.evaluation_range)]
     judged = [values.get(p) if p >= settled else None for p in periods]
     threshold = params.get_float(settings.threshold_parameter)
@@ -320,8 +315,6 @@ def timeline(state_dir=None) -> pd.DataFrame:
 def request_forecasts(paths: Paths, config: MonitorConfig, clock: SharedClock, stop: threading.Event) -> None:
     """The application's side: every ``forecast_every_minutes`` of event time, ask each endpoint in service for
     the next 30 minutes, with the latest features. These are the forecasts the monitor later scores."""
-    from helpers import deploy
-
     every = config.forecast_every_minutes * 60
     due = math.ceil(clock.now() / every) * every
     while not stop.is_set():
@@ -432,16 +425,29 @@ def alarm_history(state_dir=None) -> pd.DataFrame:
         alarm_store.close()
 
 
-def wait_for_hours(state_dir=None, hours: int = 1, stage: str = "prod", version: int | None = None,
-                   timeout_s: float = 300) -> pd.DataFrame:
-    """Block until ``stage`` has ``hours`` scored hours (served by ``version`` alone, if given); returns them."""
+def wait_for_hours(state_dir=None, hours: int = 1, stage: str = "prod", timeout_s: float = 300) -> pd.DataFrame:
+    """Block until ``stage`` has ``hours`` scored hours; returns them."""
     def scored():
         frame = timeline(state_dir)
         frame = frame[(frame["stage"] == stage) & frame["wql"].notna()]
-        if version is not None:
-            frame = frame[frame["versions"] == json.dumps([version])]
         return frame if len(frame) >= hours else None
     return _wait(state_dir, scored, f"{hours} scored hour(s) of {stage}", timeout_s)
+
+
+def wait_for_recovery(state_dir=None, after_version: int = 1, stage: str = "prod", hours: int = 2,
+                      timeout_s: float = 600) -> pd.DataFrame:
+    """Block until a version newer than ``after_version`` has served ``stage`` alone for the last ``hours``
+    scored hours, each below the threshold in force then; returns those hours. A retrained model that breaches
+    instead lets its alarm fire again, and the wait goes on for the next one."""
+    def recovered():
+        frame = timeline(state_dir)
+        last = frame[(frame["stage"] == stage) & frame["wql"].notna()].tail(hours)
+        versions = set(last["versions"].map(lambda v: tuple(json.loads(v))))
+        if len(last) < hours or len(versions) != 1 or len(next(iter(versions))) != 1:
+            return None
+        newer = next(iter(versions))[0] > after_version
+        return last if newer and (last["wql"] < last["threshold"]).all() else None
+    return _wait(state_dir, recovered, f"{stage} to recover on a version after {after_version}", timeout_s)
 
 
 def wait_for_alarm(state_dir=None, timeout_s: float = 300) -> pd.DataFrame:

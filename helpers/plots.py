@@ -139,7 +139,7 @@ def plot_live_forecast(history: pd.Series, prediction: dict, title: str, context
 def plot_monitoring(timeline: pd.DataFrame, alarm_history: pd.DataFrame, retrains: pd.DataFrame,
                     drift_at: pd.Timestamp | None = None):
     """The loop on one figure: wQL per hour and stage, the threshold, alarm periods, drift, retrains, deploys."""
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     ends = timeline["hour"].max() + pd.Timedelta(hours=1) if len(timeline) else None
     for stage, style, shade in (("prod", "-o", "tab:red"), ("staging", "--s", "tab:orange")):
         hours = timeline[timeline["stage"] == stage]
@@ -160,8 +160,9 @@ def plot_monitoring(timeline: pd.DataFrame, alarm_history: pd.DataFrame, retrain
         ax.axvline(drift_at, color="tab:brown", lw=2, ls="--", label="fee drift injected")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", ncol=2)
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set(title="Hourly monitoring: mean wQL of each endpoint's own forecasts", xlabel="event time (UTC)",
            ylabel="mean wQL (lower is better)")
     fig.autofmt_xdate()
+    fig.tight_layout()
     return fig

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,16 +143,27 @@ def run(state_dir, retrain_id: int) -> str:
                 retrains.update(retrain_id, "Skipped", detail=json.dumps({"why": "another retrain got there first"}))
                 return "Skipped"
             pid_file = paths.monitoring / "retrain.pid"
-            pid_file.write_text(str(os.getpid()))
             try:
+                pid_file.write_text(str(os.getpid()))
                 retrains.update(retrain_id, "Executing")
                 status, fields = _build_and_ship(paths)
-                retrains.update(retrain_id, status, **fields)
-                return status
+            except BaseException as error:  # a crash, or teardown's SIGTERM: never leave a retrain "Executing"
+                retrains.update(retrain_id, "Stopped" if isinstance(error, SystemExit) else "Failed",
+                                detail=json.dumps({"why": str(error) or type(error).__name__}))
+                raise
             finally:
                 pid_file.unlink(missing_ok=True)
+            retrains.update(retrain_id, status, **fields)
+            return status
     finally:
         retrains.close()
+
+
+def stop_on_sigterm() -> None:
+    """Turn the SIGTERM of a teardown into SystemExit, so that :func:`run` records the retrain as Stopped."""
+    def stop(*_):
+        raise SystemExit("stopped by SIGTERM (a teardown: python -m helpers stop)")
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _build_and_ship(paths: Paths) -> tuple[str, dict]:

@@ -11,7 +11,7 @@ import pytest
 from test_model_build import SMALL
 
 from conftest import private_copy, wait_for
-from helpers import alarms, daemon, deploy, ingest, model_build, monitor, retrain
+from helpers import alarms, daemon, deploy, ingest, model_build, monitor, retrain, services
 from helpers.config import Paths
 from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
 from helpers.params import WQL_THRESHOLD, ParameterStore
@@ -184,5 +184,9 @@ def test_the_threshold_in_force_is_read_when_the_alarm_evaluates(serving):
     assert monitor.status(state)["alarms"]["prod"]["StateValue"] == alarms.ALARM
     history = monitor.alarm_history(state)
     assert history.iloc[-1]["threshold"] == pytest.approx(1e-6)
-    wait_for(lambda: retrain.in_flight(paths) or len(monitor.retrains(state)), what="the alarm's retrain request")
+    wait_for(lambda: (paths.monitoring / "retrain.pid").exists(), what="the alarm's retrain to run")
     assert (monitor.retrains(state)["status"] != "Skipped").sum() == 1  # both stages' alarms: one retrain
+
+    assert services.stop_all(state) == []  # a teardown mid-retrain: recorded as such, never "Executing" forever
+    started = monitor.retrains(state).query("status != 'Skipped'")
+    assert started["status"].tolist() == ["Stopped"] and "SIGTERM" in started["detail"].iloc[0]

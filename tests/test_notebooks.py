@@ -2,12 +2,13 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 
-from helpers import deploy, ingest
+from helpers import alarms, deploy, ingest, monitor, services
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
-from helpers.notebooks import NOTEBOOK_DIR, extract_figures, run_notebook
+from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, extract_figures, run_notebook
 from helpers.registry import ModelRegistry
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -24,8 +25,9 @@ def test_committed_notebook_is_stripped_and_parameterised(path):
 
 
 def run(name: str, tmp_path, **parameters) -> tuple[list[dict], list]:
-    """Run a notebook headless; return its outputs and the figures it showed."""
-    executed = run_notebook(NOTEBOOK_DIR / name, tmp_path / "out", {"backend": "local", **parameters})
+    """Run a notebook headless in CI mode; return its outputs and the figures it showed."""
+    executed = run_notebook(NOTEBOOK_DIR / name, tmp_path / "out",
+                            {"backend": "local", **CI_PARAMETERS.get(name, {}), **parameters})
     outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
     return outputs, extract_figures(executed, tmp_path / "figures")
@@ -36,11 +38,10 @@ def text_of(outputs: list[dict]) -> str:
 
 
 @pytest.mark.slow
-def test_the_notebooks_in_order_01_to_04(tmp_path):
+def test_the_notebooks_in_order_01_to_05(tmp_path):
     state = tmp_path / "state"
     try:
-        _, figures = run("01_ingestion.ipynb", tmp_path, backfill_days=1.5, speed=60.0, watch_seconds=4,
-                         state_dir=str(state))
+        _, figures = run("01_ingestion.ipynb", tmp_path, state_dir=str(state))
         assert len(figures) >= 2  # the history and the live figure
 
         current = ingest.status(state)
@@ -53,7 +54,7 @@ def test_the_notebooks_in_order_01_to_04(tmp_path):
         assert (minutes["avg_fee"] == minutes["total_fee"] / minutes["tx_count"]).all()
         assert minutes["tx_count"].min() > 100  # no partial minutes at the start of the backfill
 
-        outputs, figures = run("02_features.ipynb", tmp_path, state_dir=str(state), hours=6)
+        outputs, figures = run("02_features.ipynb", tmp_path, state_dir=str(state))
         assert len(figures) == 2  # rolling statistics, data quality
         text = text_of(outputs)
         group = open_tx_per_minute(Paths.at(state).feature_store)
@@ -62,8 +63,7 @@ def test_the_notebooks_in_order_01_to_04(tmp_path):
         before, after = (int(n) for n in re.search(r"'files_before': (\d+),\s+'files_after': (\d+)", text).groups())
         assert after <= 5 < before  # compacted: a file per day (2 here), plus any the stream wrote meanwhile
 
-        outputs, figures = run("03_train_deepar.ipynb", tmp_path, state_dir=str(state), epochs=2, training_days=1.5,
-                               n_test_windows=4)
+        outputs, figures = run("03_train_deepar.ipynb", tmp_path, state_dir=str(state))
         text = text_of(outputs)
         assert len(figures) == 1 and ": Succeeded" in text and "PendingManualApproval" in text
         assert "seasonal_naive" in text and "naive_last_value" in text
@@ -77,6 +77,42 @@ def test_the_notebooks_in_order_01_to_04(tmp_path):
         for name in deploy.ENDPOINTS:
             described = deploy.describe(state, name)
             assert described["EndpointStatus"] == "InService" and described["ModelVersion"] == 1
+
+        outputs, figures = run("05_monitor.ipynb", tmp_path, state_dir=str(state))
+        assert len(figures) == 1 and "still running: nothing" in text_of(outputs)
+        assert services.running(state) == []
+        check_the_loop_closed(state, drift_at=pd.Timestamp(json.loads(Paths.at(state).drifts.read_text())
+                                                           ["drifts"][0]["start"], unit="s", tz="UTC"))
     finally:
-        deploy.stop_endpoints(state)
-        ingest.stop(state)
+        services.stop_all(state)
+
+
+def check_the_loop_closed(state, drift_at: pd.Timestamp) -> None:
+    """drift -> alarm -> retrain -> deploy -> recovery, in that order, from the monitor's own records."""
+    fired = monitor.alarm_history(state).query("new_state == 'ALARM'")
+    assert len(fired) and (fired["at"] > drift_at).all(), "an alarm fired, and only after the drift"
+
+    requests = monitor.retrains(state)
+    started = requests[requests["status"] != "Skipped"].reset_index(drop=True)
+    assert (started["requested_sim"] >= fired["at"].min()).all(), "every retrain was started by an alarm"
+    assert (started["requested_sim"].iloc[1:].to_numpy() >= started["ended_sim"].iloc[:-1].to_numpy()).all(), \
+        "one retrain in flight at a time"
+    deployed = started[started["status"] == "Deployed"]
+    assert len(deployed) >= 1
+    newest = int(deployed["model_version"].iloc[-1])
+    assert {name: deploy.describe(state, name)["ModelVersion"] for name in deploy.ENDPOINTS} == \
+        {"staging": newest, "prod": newest}
+
+    timeline = monitor.timeline(state)
+    prod = timeline[(timeline["stage"] == "prod") & timeline["wql"].notna()]
+    stale = prod[(prod["hour"] >= drift_at.floor("h")) & (prod["versions"] == "[1]")]
+    recovered = prod.tail(2)
+    assert (recovered["versions"] == f"[{newest}]").all() and (recovered["wql"] < recovered["threshold"]).all()
+    assert recovered["wql"].max() < stale["wql"].mean()
+
+    metrics, alarm_store = alarms.open_stores(Paths.at(state).monitoring)
+    published = metrics.frame().query(f"metric == '{alarms.WQL_METRIC}'")
+    metrics.close(), alarm_store.close()
+    scored = timeline[timeline["wql"].notna()]
+    assert len(published) == len(scored), "each scored hour published once"
+    assert sorted(published["value"]) == pytest.approx(sorted(scored["wql"]))
