@@ -442,11 +442,12 @@ def wait_for_recovery(state_dir=None, after_version: int = 1, stage: str = "prod
     def recovered():
         frame = timeline(state_dir)
         last = frame[(frame["stage"] == stage) & frame["wql"].notna()].tail(hours)
-        versions = set(last["versions"].map(lambda v: tuple(json.loads(v))))
-        if len(last) < hours or len(versions) != 1 or len(next(iter(versions))) != 1:
+        served = set(last["versions"])
+        if len(last) < hours or len(served) != 1:
             return None
-        newer = next(iter(versions))[0] > after_version
-        return last if newer and (last["wql"] < last["threshold"]).all() else None
+        versions = json.loads(served.pop())
+        alone_and_newer = len(versions) == 1 and versions[0] > after_version
+        return last if alone_and_newer and (last["wql"] < last["threshold"]).all() else None
     return _wait(state_dir, recovered, f"{stage} to recover on a version after {after_version}", timeout_s)
 
 

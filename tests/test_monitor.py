@@ -36,8 +36,6 @@ def trained_state(tmp_path_factory):
 def state(trained_state, tmp_path, monkeypatch):
     copy = private_copy(trained_state, tmp_path, monkeypatch)
     yield copy
-    from helpers import services
-
     services.stop_all(copy)
 
 
