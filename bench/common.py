@@ -29,9 +29,16 @@ class Record:
     details: dict = field(default_factory=dict)
     machine: dict = field(default_factory=machine)
     measured_at: str = field(default_factory=lambda: utc_now().isoformat())
+    error: str | None = None  # why the benchmark could not measure (then value is NaN)
+
+    @classmethod
+    def failure(cls, name: str, error: str) -> "Record":
+        return cls(f"{name}.FAILED", float("nan"), "", "n/a", error=error)
 
     @property
     def meets_target(self) -> bool:
+        if self.error is not None:
+            return False
         op, bound = self.target.split()
         return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
 
@@ -53,14 +60,18 @@ def percentile(values, q: float) -> float:
 
 
 def save(records: list[Record], path: Path = RESULTS) -> None:
-    """Merge by name into the results file, so running one benchmark keeps the others' records."""
-    existing = {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-    existing.update({r.name: {**asdict(r), "meets_target": r.meets_target} for r in records})
-    path.write_text(json.dumps(sorted(existing.values(), key=lambda r: r["name"]), indent=2) + "\n")
+    """Merge into the results file: the benchmarks that ran replace their own earlier records (a failure too),
+    the others' records stay."""
+    existing = json.loads(path.read_text()) if path.exists() else []
+    ran = {r.name.split(".")[0] for r in records}
+    merged = [r for r in existing if r["name"].split(".")[0] not in ran]
+    merged += [{**asdict(r), "value": None if r.error else r.value, "meets_target": r.meets_target} for r in records]
+    path.write_text(json.dumps(sorted(merged, key=lambda r: r["name"]), indent=2) + "\n")
 
 
 def table(records: list[Record]) -> str:
     rows = [("benchmark", "value", "unit", "target", "met")]
     rows += [(r.name, f"{r.value:,.4g}", r.unit, r.target, "yes" if r.meets_target else "NO") for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines + [f"{r.name}: {r.error}" for r in records if r.error])

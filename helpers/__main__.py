@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--days", type=float, default=7.0, help="simulator: days of history to backfill first")
     start.add_argument("--speed", type=float, default=60.0, help="simulator: simulated seconds per second, once live")
     start.add_argument("--seed", type=int, default=42)
+    start.add_argument("--now", help="simulator: the simulated 'now' to start at, ISO-8601 UTC such as "
+                                     "2026-11-30T12:00:00Z (default: the wall clock); pins the data for a rerun")
+    start.add_argument("--url", help="blockchain: the API's URL, e.g. a proxy or a mirror (default: blockchain.com)")
+    start.add_argument("--interval", type=float, default=15.0, help="blockchain: seconds between polls")
     start.add_argument("--record-to", help="blockchain: record raw API responses to this file, for replay")
     start.add_argument("--replay-file", help="replay: a recording made with --record-to")
     commands.add_parser("stop", help="stop the ingestion service")
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     backfill = commands.add_parser("backfill", help="simulate history into the feature store, in the foreground")
     backfill.add_argument("--days", type=float, default=7.0)
     backfill.add_argument("--seed", type=int, default=42)
+    backfill.add_argument("--now", help="simulate up to this instant, ISO-8601 UTC (default: the wall clock)")
     commands.add_parser("compact", help="merge the offline store's small files")
     commands.add_parser("reset", help="stop everything and delete the local state")
     drift = commands.add_parser("drift", help="multiply the simulator's fees from now on")
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             settings = {"source": args.source, "backfill_days": args.days, "speed": args.speed, "seed": args.seed,
-                        "record_to": args.record_to, "replay_file": args.replay_file}
+                        "now": args.now, "url": args.url, "interval_s": args.interval, "record_to": args.record_to,
+                        "replay_file": args.replay_file}
             _print(ingest.start(args.state_dir, **settings))
         elif args.command == "stop":
             from helpers import services
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             _print(current)
             return 0 if current["running"] else 3
         elif args.command == "backfill":
-            _print(ingest.backfill(args.state_dir, days=args.days, seed=args.seed))
+            _print(ingest.backfill(args.state_dir, days=args.days, seed=args.seed, now=args.now))
         elif args.command == "compact":
             from helpers.config import Paths
             from helpers.feature_store import open_tx_per_minute

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from helpers.clock import minute_iso
-from helpers.events import hash_hex, hash_keys, vsize
+from helpers.events import HASH_KEY_DTYPE, hash_hex, hash_keys, vsize
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class AggregatorState:
 
     max_event_time: int | None = None
     windows: dict[int, Window] = field(default_factory=dict)
-    seen_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<u8"))  # sorted
+    seen_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=HASH_KEY_DTYPE))  # sorted
     seen_times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<i8"))
     counters: Counters = field(default_factory=Counters)
 

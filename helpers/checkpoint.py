@@ -18,6 +18,7 @@ from dataclasses import asdict
 import numpy as np
 
 from helpers.aggregator import AggregatorState, Counters, Window
+from helpers.events import HASH_KEY_DTYPE
 from helpers.sqlite import SQLiteFile
 
 _SCHEMA = """
@@ -56,10 +57,13 @@ class Checkpoint(SQLiteFile):
         if row is None:
             return 0, AggregatorState()
         offset, max_time, windows, counters, keys, times = row
+        if len(keys) != HASH_KEY_DTYPE.itemsize * len(times) // 8:
+            raise RuntimeError(f"{self.path}: this checkpoint remembers hash prefixes (an older version, which could "
+                               "drop distinct transactions as duplicates); start over with python -m helpers reset")
         state = AggregatorState(
             max_event_time=max_time,
             windows={m: Window(stats=s, revision=r, dirty=d) for m, s, r, d in json.loads(windows)},
-            seen_keys=np.frombuffer(keys, dtype="<u8").copy(),
+            seen_keys=np.frombuffer(keys, dtype=HASH_KEY_DTYPE).copy(),
             seen_times=np.frombuffer(times, dtype="<i8").copy(),
             counters=Counters(**json.loads(counters)),
         )

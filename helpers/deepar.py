@@ -25,6 +25,9 @@ RANGES = {
 }
 
 
+MAX_GAP_SHARE = 0.5  # more missing minutes than this, in training data or a context window: mostly guesswork
+
+
 class HyperparameterError(ValueError):
     """A hyperparameter is out of range; the message names it and the allowed range."""
 
@@ -89,6 +92,7 @@ class DeepARHyperparameters:
             "context_length": self.context_length, "num_layers": self.num_layers, "hidden_size": self.num_cells,
             "dropout_rate": self.dropout_rate, "distr_output": distribution, "lr": self.learning_rate,
             "batch_size": self.mini_batch_size, "num_batches_per_epoch": self.num_batches_per_epoch,
+            "nonnegative_pred_samples": True,  # fees are never negative: a negative sample is clipped to 0
             "train_sampler": ExpectedNumInstanceSampler(num_instances=self.num_instances_per_pass,
                                                         min_future=self.prediction_length),
         }
@@ -150,6 +154,11 @@ def forecast(predictor, start: pd.Timestamp, histories: list[np.ndarray], freq: 
     result = {"mean": np.stack([f.mean for f in forecasts]), "samples": np.stack([f.samples for f in forecasts])}
     result.update({str(q): np.stack([f.quantile(q) for f in forecasts]) for q in quantiles})
     return result
+
+
+def context_length(predictor) -> int:
+    """How many of the latest points the trained network reads as its context window."""
+    return int(predictor.prediction_net.model.context_length)
 
 
 def save(predictor, path: Path) -> Path:

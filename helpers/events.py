@@ -42,13 +42,16 @@ def empty_events() -> np.ndarray:
     return np.zeros(0, dtype=EVENT_DTYPE)
 
 
-def hash_keys(events: np.ndarray) -> np.ndarray:
-    """64-bit dedupe keys: the first 8 bytes of each transaction hash.
+HASH_KEY_DTYPE = np.dtype("V32")
 
-    Hashes are SHA-256 output, so 64 bits collide with probability ~n^2/2^65
-    (about 1e-7 for a week of transactions): a documented, accepted risk.
+
+def hash_keys(events: np.ndarray) -> np.ndarray:
+    """Dedupe keys: the whole 32-byte transaction hash, as one sortable value per event.
+
+    Never a prefix: replays, test vectors and hostile sources send distinct
+    hashes that share long prefixes, and a prefix key would drop them as duplicates.
     """
-    return np.ascontiguousarray(events["hash"][:, :8]).view("<u8").ravel()
+    return np.ascontiguousarray(events["hash"]).view(HASH_KEY_DTYPE).ravel()
 
 
 def hash_hex(events: np.ndarray) -> list[str]:

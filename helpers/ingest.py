@@ -42,6 +42,7 @@ class IngestConfig:
     seed: int = 42
     backfill_days: float = 7.0  # simulator history before "now"
     speed: float = 60.0  # simulated seconds per wall second once live
+    now: float | str | None = None  # simulator: simulated "now" at the first start (default: the wall clock)
     start: float | None = None  # simulator start, unix s (default: now - backfill_days)
     until: float | None = None  # simulator end, unix s (default: run forever)
     url: str | None = None  # blockchain poller URL (default: the blockchain.com API)
@@ -58,6 +59,8 @@ class IngestConfig:
             raise ValueError("source='replay' needs replay_file: the path of a recording made with record_to")
         if self.backfill_days < 0 or self.speed <= 0:
             raise ValueError("backfill_days must be >= 0 and speed > 0")
+        if self.now is not None:
+            self.now = simclock.as_unix(self.now, "now")
 
 
 def make_source(config: IngestConfig, paths: Paths):
@@ -212,7 +215,7 @@ def _save_new_config(paths: Paths, config: IngestConfig) -> None:
     if paths.ingest_config.exists():
         return
     if config.source == "simulator":
-        clock = SimClock.starting_now(speed=config.speed)
+        clock = SimClock.starting_now(sim_now=config.now, speed=config.speed)
         if config.start is None:
             config.start = (clock.anchor_sim - config.backfill_days * 86400) // 60 * 60
         clock.save(paths.clock)
@@ -271,12 +274,13 @@ def reset(state_dir: str | Path | None = None) -> None:
 
 
 def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int = 42, progress: bool = True,
-             start: float | None = None) -> dict:
+             start: float | None = None, now: float | str | None = None) -> dict:
     """Simulate history up to now into the feature store, in the foreground, then return.
 
     Facilitators run it before a workshop; a later :func:`start` goes on live
     from where it ended. Refused while the service runs (it does this itself).
-    With ``start`` (unix s), it simulates exactly ``days`` from then instead: a
+    With ``now`` (a pinned simulated "now", unix s or ISO-8601 UTC) it simulates
+    up to that instant; with ``start`` (unix s), exactly ``days`` from then: a
     fixed stretch of history, for benchmarks.
     """
     from tqdm.auto import tqdm
@@ -284,12 +288,15 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
     paths = Paths.at(state_dir)
     if daemon.alive(daemon.read_pid(paths.ingest_pid)):
         raise RuntimeError("the ingestion service is running and backfills by itself; stop it first")
-    _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days, start=start))
+    _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days, start=start, now=now))
     config = IngestConfig(**json.loads(paths.ingest_config.read_text()))
     if config.source != "simulator":
         raise ValueError(f"this state directory streams from {config.source!r}; backfill needs the simulator")
     source = make_source(config, paths)
-    source.until = SimClock.load(paths.clock).now() if start is None else start + days * 86400
+    if start is not None:
+        source.until = start + days * 86400
+    else:
+        source.until = SimClock.load(paths.clock).now() if now is None else simclock.as_unix(now, "now")
     event_log = EventLog(paths.event_log)
     with tqdm(desc="simulate into the log", unit=" tx", unit_scale=True, disable=not progress) as bar:
         append_all(source, event_log, threading.Event(), progress=bar)

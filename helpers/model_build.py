@@ -28,7 +28,6 @@ from helpers.registry import ModelRegistry
 log = logging.getLogger("helpers.model_build")
 
 TARGET = "avg_fee"
-MAX_GAP_SHARE = 0.5  # more missing minutes than this and a forecast would be mostly guesswork
 
 
 @dataclass(frozen=True)
@@ -101,9 +100,10 @@ def _check_enough(series: np.ndarray, settings: BuildSettings) -> None:
                          f"{have} ({have / 60:.1f} h). Let the stream run {(needed - have) / 60:.1f} h more, or "
                          f"backfill: python -m helpers backfill --days {int(np.ceil(needed / DAY)) + 1}")
     gaps = float(np.isnan(series).mean())
-    if gaps > MAX_GAP_SHARE:
+    if gaps > deepar.MAX_GAP_SHARE:
         raise ValueError(f"the data is mostly gaps: {gaps:.0%} of the minutes have no record (at most "
-                         f"{MAX_GAP_SHARE:.0%} allowed). Check the stream (python -m helpers status) and its source")
+                         f"{deepar.MAX_GAP_SHARE:.0%} allowed). Check the stream (python -m helpers status) and "
+                         "its source")
 
 
 def train(ctx: dict) -> dict:

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import reprlib
 import signal
 import threading
@@ -35,6 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from helpers import deepar
 from helpers.clock import utc_now, write_json_atomic
@@ -55,6 +57,9 @@ CONTENT_TYPES = ("application/json", "application/jsonlines")
 FREQ = deepar.DeepARHyperparameters.time_freq
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOOPBACK = ("127.0.0.1", "::1")
+CLIENT_CLOSED = 499  # nginx's code for a client that went away before its request was read: not a server error
+_TIME_LAYOUT = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?([+-]\d{2}:\d{2}|Z)?")
+_QUANTILE_LAYOUT = re.compile(r"0\.\d*[1-9]")  # "0.5", "0.05": one spelling per level, so response keys match
 
 
 class RequestError(Exception):
@@ -124,6 +129,10 @@ class LoadedModel:
     path: str
     predictor: Any  # gluonts PyTorchPredictor
 
+    @property
+    def context_length(self) -> int:
+        return deepar.context_length(self.predictor)
+
 
 # ---- request parsing --------------------------------------------------------------------------------------
 
@@ -184,7 +193,10 @@ def _start(text: Any, field: str) -> pd.Period:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is not None:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError) as error:
+        if isinstance(text, str) and _TIME_LAYOUT.fullmatch(text) and not isinstance(error, OverflowError):
+            raise RequestError(400, field, f"{reprlib.repr(text)} is an impossible date or time ({error}): "
+                                           "check the day of the month (is it a leap year?) and the hour") from None
         raise RequestError(400, field, f'{reprlib.repr(text)} is not a time in years 1 to 9999: '
                                        'use "YYYY-MM-DD HH:MM:SS"') from None
     return pd.Period(moment, freq=FREQ)
@@ -245,13 +257,12 @@ def _quantiles(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise RequestError(400, "configuration.quantiles", 'send a non-empty list of strings such as ["0.1", "0.9"]')
     for i, text in enumerate(value):
-        try:
-            valid = isinstance(text, str) and 0 < float(text) < 1
-        except ValueError:
-            valid = False
-        if not valid:
+        if not isinstance(text, str) or not _QUANTILE_LAYOUT.fullmatch(text):
             raise RequestError(400, f"configuration.quantiles[{i}]",
-                               f'{reprlib.repr(text)}: use a string holding a number between 0 and 1, such as "0.9"')
+                               f'{reprlib.repr(text)}: use a string holding a number between 0 and 1 written as '
+                               '"0.9" or "0.05" (a leading 0, no spaces, no trailing zeros)')
+        if text in value[:i]:
+            raise RequestError(400, f"configuration.quantiles[{i}]", f"{text!r} is asked for twice: ask once")
     return tuple(value)
 
 
@@ -595,10 +606,14 @@ def _admin_routes(endpoint: Endpoint) -> APIRouter:
 async def _read_body(request: Request) -> bytes:
     """The raw body. Read to its end even when too large, so the client is answered rather than cut off."""
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= MAX_BODY_BYTES:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(CLIENT_CLOSED, "body", f"the client disconnected after {size} bytes, before the end of "
+                                                  "its request; nothing was predicted", "ClientDisconnect") from None
     if size > MAX_BODY_BYTES:
         raise RequestError(413, "body", f"{size} bytes is over SageMaker's limit of {MAX_BODY_BYTES} bytes: "
                                         "send fewer instances, or shorter targets, per request")
@@ -611,6 +626,7 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
     if model is None:
         raise _not_ready(endpoint)
     entries, config = parse_request(body, content_type)
+    _check_context(entries, model.context_length)
     predictions = predict(model.predictor, entries, config)
     if content_type == "application/jsonlines":
         content = b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
@@ -621,6 +637,17 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
     if endpoint.capture is not None:
         headers["x-inference-id"] = endpoint.capture.record(model.version, content_type, body, content)
     return Response(content, media_type=content_type, headers=headers)
+
+
+def _check_context(entries: list[dict], context_length: int) -> None:
+    """The network reads the last ``context_length`` points: mostly gaps there and its forecast is noise (one
+    observed value among 200 NaN gave a negative mean fee)."""
+    needed = math.ceil(context_length * (1 - deepar.MAX_GAP_SHARE))
+    for i, entry in enumerate(entries):
+        observed = int(np.count_nonzero(~np.isnan(entry["target"][-context_length:])))
+        if observed < needed:
+            raise RequestError(400, f"instances[{i}].target", f"{observed} observed values in the last "
+                                    f"{context_length} (the model's context window): send at least {needed}")
 
 
 def _content_type(header: str | None) -> str:

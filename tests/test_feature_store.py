@@ -1,5 +1,9 @@
 """The local feature store: definitions, online and offline reads, datasets, compaction, concurrency."""
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 from datetime import datetime
 
 import boto3
@@ -244,3 +248,17 @@ def test_as_of_before_anything_was_known_gives_a_dataset_of_gaps(group):
     group.put_records([minute(i) for i in range(10)], "b")
     dataset = group.training_dataset(T0, T0 + 600, as_of=T0)
     assert dataset.gaps == 10 and len(dataset.frame) == 10
+
+
+def test_hourly_sql_buckets_by_utc_hour_whatever_the_kernels_time_zone(tmp_path):
+    """Notebook 02's query in a process whose TZ is 12:45 ahead of UTC: the hours still start at :00 UTC."""
+    group = open_tx_per_minute(tmp_path / "fs")
+    group.put_records([minute(i) for i in range(150)], "b")
+    group.close()
+    script = ("import sys; from helpers.feature_store import open_tx_per_minute; "
+              "g = open_tx_per_minute(sys.argv[1]); "
+              "print(g.hourly(0)[['hour', 'minutes']].to_json(orient='values', date_unit='s'))")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "fs")], env={**os.environ,
+                         "TZ": "Pacific/Chatham"}, capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    assert [(hour, n) for hour, n in rows] == [(T0 + 7200, 30), (T0 + 3600, 60), (T0, 60)]

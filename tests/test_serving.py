@@ -230,7 +230,8 @@ def test_configuration_and_missing_values(endpoint):
 
 
 def test_jsonlines_one_prediction_per_line(endpoint):
-    lines = [{"start": "2026-01-01 00:00:00", "target": SERIES}, {"start": "2026-01-02 00:00:00", "target": [5, None]}]
+    lines = [{"start": "2026-01-01 00:00:00", "target": SERIES}, {"start": "2026-01-02 00:00:00",
+                                                                  "target": [5, None, *SERIES[:20]]}]
     body = "\n".join(json.dumps(line) for line in lines) + "\n"
     response = endpoint.post("/invocations", content=body, headers={"content-type": "application/jsonlines"})
     assert response.status_code == 200 and response.headers["content-type"] == "application/jsonlines"
@@ -258,6 +259,7 @@ BAD_REQUESTS = {  # id: (path, content type, body, status, field named in the er
     "instance not an object": ("/invocations", JSON, {"instances": [[1, 2]]}, 400, "instances[0]"),
     "no start": ("/invocations", JSON, {"instances": [{"target": [1.0]}]}, 400, "instances[0].start"),
     "bad start": ("/invocations", JSON, _instance(start="yesterday"), 400, "instances[0].start"),
+    "impossible date": ("/invocations", JSON, _instance(start="2026-02-29 00:00:00"), 400, "instances[0].start"),
     "start before year 1 in UTC": ("/invocations", JSON, _instance(start="0001-01-01T00:00:00+05:00"), 400,
                                    "instances[0].start"),
     "numeric start": ("/invocations", JSON, _instance(start=20260101), 400, "instances[0].start"),
@@ -282,7 +284,10 @@ BAD_REQUESTS = {  # id: (path, content type, body, status, field named in the er
     "output_types median": ("/invocations", JSON, _instance() | {"configuration": {"output_types": ["median"]}},
                             400, "configuration.output_types[0]"),
     **{f"quantile {value!r}": ("/invocations", JSON, _instance() | {"configuration": {"quantiles": ["0.5", value]}},
-                               400, "configuration.quantiles[1]") for value in (0.9, "1.0", "0", "high", None)},
+                               400, "configuration.quantiles[1]")
+       for value in (0.9, "1.0", "0", "high", None, ".5", " 0.5 ", "0.50", "0.5", "5e-1")},
+    "one observed value in the context": ("/invocations", JSON, _instance(target=[7.0] + [None] * 200), 400,
+                                          "instances[0].target"),
     "bad second line": ("/invocations", LINES, b'{"start": "2026-01-01 00:00:00", "target": [1]}\n{oops\n', 400,
                         "line 2"),
     "bad line instance": ("/invocations", LINES, b'{"start": "2026-01-01 00:00:00", "target": []}\n', 400,
@@ -345,7 +350,7 @@ _points = st.floats(-1e30, 1e30) | st.integers(-10**6, 10**6) | st.none() | st.j
 _configurations = st.fixed_dictionaries({}, optional={
     "num_samples": st.integers(1, 30),
     "output_types": st.lists(st.sampled_from(serving.OUTPUT_TYPES), min_size=1, max_size=3),
-    "quantiles": st.lists(st.floats(0.001, 0.999).map(str), min_size=1, max_size=4)})
+    "quantiles": st.lists(st.floats(0.001, 0.999).map(str), min_size=1, max_size=4, unique=True)})
 
 
 @settings(max_examples=60, deadline=None, database=None)
@@ -363,6 +368,34 @@ def test_fuzzed_deepar_requests_are_answered(endpoint, instances, configuration)
     assert len(predictions) == len(instances)
     for kind in configuration.get("output_types", serving.DEFAULT_OUTPUT_TYPES):
         assert all(kind in prediction for prediction in predictions)
+
+
+def test_errors_say_what_is_wrong_and_how_many_values_are_needed(endpoint):
+    impossible = endpoint.post("/invocations", json=_instance(start="2026-02-29 00:00:00")).json()["error"]
+    assert "impossible date" in impossible["message"] and "leap year" in impossible["message"]
+    sparse = endpoint.post("/invocations", json=_instance(target=[7.0] + [None] * 200)).json()["error"]
+    assert sparse["message"] == "0 observed values in the last 30 (the model's context window): send at least 15"
+    spelled = endpoint.post("/invocations", json=request(quantiles=[".5"])).json()["error"]
+    assert '"0.9"' in spelled["message"] and spelled["field"] == "configuration.quantiles[0]"
+    enough = [None] * 15 + SERIES[:15]  # exactly half the context observed
+    assert endpoint.post("/invocations", json=request(enough)).status_code == 200
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error(endpoint):
+    labels = f'endpoint="{ENDPOINT}",path="/invocations"'
+    before = _metrics(endpoint)
+    host, port = endpoint.base_url.host, endpoint.base_url.port
+    for _ in range(3):
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 10000\r\n\r\n" + b'{"instances": [')
+    wait_for(lambda: _metrics(endpoint).get(f'endpoint_requests_total{{{labels},code="499"}}', 0)
+             - before.get(f'endpoint_requests_total{{{labels},code="499"}}', 0) == 3, timeout_s=10,
+             what="three client disconnects counted")
+    after = _metrics(endpoint)
+    assert after.get(f'endpoint_requests_total{{{labels},code="500"}}', 0) == \
+        before.get(f'endpoint_requests_total{{{labels},code="500"}}', 0)
+    assert endpoint.post("/invocations", json=request()).status_code == 200
 
 
 # ---- clients and observability ----------------------------------------------------------------------------

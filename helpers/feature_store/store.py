@@ -203,6 +203,31 @@ class FeatureGroup:
             source = "_empty_offline"
         self._duckdb.execute(f'CREATE OR REPLACE TEMP VIEW "{self.table_name}" AS SELECT * FROM {source}')
 
+    def hourly_sql(self) -> str:
+        """Notebook 02's hourly summary, as an Athena user would write it: the latest revision of each minute,
+        then one row per hour (``?``: the first window_start to include).
+
+        Hours are bucketed with arithmetic on unix seconds, never with date_trunc on a timestamp with time zone:
+        DuckDB truncates those in the kernel's time zone (under TZ=Pacific/Chatham its hours start at :15 UTC).
+        The same SQL runs on Athena.
+        """
+        d = self.definition
+        return f"""SELECT floor(window_start / 3600) * 3600 AS hour_start,
+       SUM(tx_count) AS transactions,
+       SUM(total_fee) / SUM(tx_count) AS avg_fee_sat,
+       COUNT(*) AS minutes
+FROM (SELECT *, row_number() OVER (PARTITION BY "{d.record_identifier}"
+                                   ORDER BY "{d.event_time_feature}" DESC, api_invocation_time DESC) AS latest
+      FROM "{self.table_name}")
+WHERE latest = 1 AND window_start >= ?
+GROUP BY 1 ORDER BY 1 DESC LIMIT 12"""
+
+    def hourly(self, start) -> pd.DataFrame:
+        """:meth:`hourly_sql` from ``start``, the newest hour first, each labelled by its UTC start."""
+        frame = self.sql(self.hourly_sql(), [as_unix(start, "start")])
+        frame.insert(0, "hour", pd.to_datetime(frame.pop("hour_start"), unit="s", utc=True))
+        return frame
+
     def latest(self, where: str = "TRUE", params: list | None = None, as_of=None) -> pd.DataFrame:
         """One row per record id, the latest (as known at event time ``as_of``, if given), sorted by id."""
         d = self.definition
