@@ -32,8 +32,10 @@ test: install
 bench: install
 	$(PY) -m bench
 
+# Loopback only; --allow-root where we run as root (a container, a CI box), which Jupyter otherwise refuses.
+LAB_ARGS ?=
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	-MLOPS_STATE_DIR=$(abspath $(DEMO_STATE)) $(PY) -m helpers stop >/dev/null 2>&1

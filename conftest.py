@@ -35,6 +35,10 @@ def pytest_unconfigure(config):
     shutil.rmtree(config._state_dir, ignore_errors=True)
 
 
+# The simulated "now" of every test that streams or backfills: the same market at any hour of any day.
+PINNED_NOW = 1_800_000_000 // 3600 * 3600  # 2027-01-15T08:00:00Z
+
+
 def make_events(rows) -> np.ndarray:
     """Events from (hash_int, time, fee[, size, weight]) tuples; the hash int fills the first 8 bytes."""
     events = np.zeros(len(rows), dtype=EVENT_DTYPE)

@@ -39,6 +39,8 @@ class Record:
     def meets_target(self) -> bool:
         if self.error is not None:
             return False
+        if self.target == "info":  # a figure to read, such as a ceiling, with no target of its own
+            return True
         op, bound = self.target.split()
         return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
 

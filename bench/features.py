@@ -11,13 +11,14 @@ from bench.common import Record, percentile, timed
 from helpers import ingest
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
+from helpers.notebooks import PINNED_NOW
 
 DAYS = 30
 
 
 def run() -> list[Record]:
     with tempfile.TemporaryDirectory() as tmp:
-        ingest.backfill(tmp, days=DAYS + 0.1, progress=False)  # the real stream writes the store
+        ingest.backfill(tmp, days=DAYS + 0.1, now=PINNED_NOW, progress=False)  # the real stream writes the store
         group = open_tx_per_minute(Paths.at(tmp).feature_store)
         end = pd.Timestamp(group.latest_online(1)[0]["window_start"], unit="s", tz="UTC").floor("D")
         start = end - pd.Timedelta(days=DAYS)

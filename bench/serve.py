@@ -15,6 +15,7 @@ from bench.common import Record, percentile, timed
 from helpers import daemon, deepar, deploy, ingest, model_build
 from helpers.config import Paths
 from helpers.metrics import DEFAULT_QUANTILES
+from helpers.notebooks import PINNED_NOW
 from helpers.params import WQL_THRESHOLD, ParameterStore
 from helpers.registry import MODEL_GROUP, ModelRegistry
 
@@ -26,7 +27,7 @@ def run() -> list[Record]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in deploy.ENDPOINTS:
             os.environ[f"MLOPS_{name.upper()}_PORT"] = str(daemon.free_port())
-        ingest.backfill(tmp, days=2.0, progress=False)
+        ingest.backfill(tmp, days=2.0, now=PINNED_NOW, progress=False)
         ParameterStore(Paths.at(tmp).params).put(WQL_THRESHOLD, 10.0, by="bench")
         quick = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=2), training_days=1.9,
                                           n_test_windows=4)

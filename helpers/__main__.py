@@ -3,6 +3,7 @@
   start      start the local ingestion service in the background (simulator by default)
   stop       stop every local service cleanly: monitor, retrain, endpoints, the stream (it checkpoints first)
   status     print its health and counters
+  dead-letters  the newest events that arrived later than the allowed lateness (kept, not counted)
   backfill   fill the feature store with simulated history, in the foreground
   compact    merge the offline store's small Parquet files (the service also does it every minute)
   reset      stop every local service and delete the local stream, features, models and endpoints
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--replay-file", help="replay: a recording made with --record-to")
     commands.add_parser("stop", help="stop the ingestion service")
     commands.add_parser("status", help="print the ingestion service's status")
+    letters = commands.add_parser("dead-letters", help="the newest events that came later than the allowed lateness")
+    letters.add_argument("--limit", type=int, default=20)
     backfill = commands.add_parser("backfill", help="simulate history into the feature store, in the foreground")
     backfill.add_argument("--days", type=float, default=7.0)
     backfill.add_argument("--seed", type=int, default=42)
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             current = ingest.status(args.state_dir)
             _print(current)
             return 0 if current["running"] else 3
+        elif args.command == "dead-letters":
+            print(ingest.dead_letters(args.state_dir, args.limit).to_string(index=False))
         elif args.command == "backfill":
             _print(ingest.backfill(args.state_dir, days=args.days, seed=args.seed, now=args.now))
         elif args.command == "compact":

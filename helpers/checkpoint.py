@@ -96,7 +96,8 @@ class Checkpoint(SQLiteFile):
     def acknowledge(self, up_to_seq: int) -> None:
         self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
 
-    def dead_letters(self) -> list[dict]:
-        cur = self._conn.execute("SELECT * FROM dead_letters ORDER BY id")
+    def dead_letters(self, limit: int = -1) -> list[dict]:
+        """The newest ``limit`` dead letters (all by default), newest first."""
+        cur = self._conn.execute("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]

@@ -41,8 +41,11 @@ class DeepARHyperparameters:
     num_layers: int = 2
     num_cells: int = 40
     dropout_rate: float = 0.1
-    likelihood: str = "student-T"
-    learning_rate: float = 1e-3
+    # Gaussian, not Student-t: on 12 simulated weeks a Student-t's heavy-tailed samples, fed back as lags while
+    # forecasting, pushed the median up over the horizon (calibration 0.68 at the 0.5 quantile); measured in
+    # python -m bench train.
+    likelihood: str = "gaussian"
+    learning_rate: float = 3e-3
     mini_batch_size: int = 32
     early_stopping_patience: int = 3  # epochs without a better validation loss before stopping
     # GluonTS only (SageMaker sizes an epoch itself): batches per epoch, and training windows drawn per pass

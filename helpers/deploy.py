@@ -32,7 +32,8 @@ from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
 from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
-from helpers.registry import MODEL_GROUP, ModelRegistry
+from helpers.pipeline import ExecutionStore
+from helpers.registry import MODEL_GROUP, ModelRegistry, ModelVersion
 from helpers.sqlite import SQLiteFile
 
 log = logging.getLogger("helpers.deploy")
@@ -206,6 +207,7 @@ def deploy(state_dir=None, name: str = "staging", version: int | None = None, by
         raise RuntimeError(f"deploying version {model.version} to {name} failed: {_error(described)}; "
                            f"{name} keeps serving version {describe(paths.root, name).get('ModelVersion')}")
     deployments.record(name, model.version, "deploy", described["EndpointStatus"], by, reason, described)
+    registry.set_stage_alias(name, model.version)
     log.info("endpoint %s now serves version %s", name, model.version)
     return described
 
@@ -219,6 +221,7 @@ def rollback(state_dir=None, name: str = "staging", by: str = "user", reason: st
         raise RuntimeError(f"rollback of {name} refused: {_error(described)}")
     DeploymentLog(paths).record(name, described["ModelVersion"], "rollback", described["EndpointStatus"], by, reason,
                                 described)
+    ModelRegistry(paths.registry).set_stage_alias(name, described["ModelVersion"])
     return described
 
 
@@ -235,7 +238,7 @@ def approve(state_dir=None, version: int | None = None, by: str = "", reason: st
     """Approve a version: update the threshold, deploy it to staging, smoke-test staging."""
     paths = Paths.at(state_dir)
     registry = ModelRegistry(paths.registry)
-    version = version if version is not None else _latest_pending(registry)
+    version = version if version is not None else pending_version(paths.root).version
     model = registry.set_approval(MODEL_GROUP, version, "Approved", by, reason)
     threshold = update_threshold_on_approval(ParameterStore(paths.params), model.metrics["mean_wQuantileLoss"],
                                              update_rate, by=by, version=version,
@@ -248,16 +251,47 @@ def approve(state_dir=None, version: int | None = None, by: str = "", reason: st
 def reject(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> dict:
     paths = Paths.at(state_dir)
     registry = ModelRegistry(paths.registry)
-    version = version if version is not None else _latest_pending(registry)
+    version = version if version is not None else pending_version(paths.root).version
     model = registry.set_approval(MODEL_GROUP, version, "Rejected", by, reason)
     return {"model_version": model.version, "approval_status": model.approval_status}
 
 
-def _latest_pending(registry: ModelRegistry) -> int:
-    pending = registry.latest(status="PendingManualApproval")
+def pending_version(state_dir=None) -> ModelVersion:
+    """The newest version awaiting approval; if there is none, a ValueError that says why, from the last build."""
+    paths = Paths.at(state_dir)
+    pending = ModelRegistry(paths.registry).latest(status="PendingManualApproval")
     if pending is None:
-        raise ValueError("no version is PendingManualApproval: train one (notebook 03 or python -m helpers train)")
-    return pending.version
+        raise ValueError(f"no model version is pending approval: {why_nothing_is_pending(paths)}")
+    return pending
+
+
+def require_in_service(state_dir=None) -> dict[str, dict]:
+    """Both endpoints' descriptions; if either is not InService, a ValueError that says what to run."""
+    paths = Paths.at(state_dir)
+    described = {name: describe(paths.root, name) for name in ENDPOINTS}
+    down = [name for name, d in described.items() if d.get("EndpointStatus") != "InService"]
+    if down:
+        pending = ModelRegistry(paths.registry).latest(status="PendingManualApproval")
+        hint = (f"version {pending.version} awaits approval: run notebook 04" if pending else
+                why_nothing_is_pending(paths) + ", then notebook 04")
+        raise ValueError(f"{' and '.join(down)} not InService: {hint}")
+    return described
+
+
+def why_nothing_is_pending(paths: Paths) -> str:
+    """The newest model build's outcome, as a reason and what to run next."""
+    builds = ExecutionStore(paths.pipelines).list("model-build", limit=1)
+    rebuild = "run notebook 03 (or python -m helpers train)"
+    if builds.empty:
+        return f"no model has been built yet: {rebuild}"
+    last = builds.iloc[0]
+    if last["status"] == "FailedQualityGate":
+        return (f"the last model build ({last['execution_id']}) was rejected by the quality gate: "
+                f"{last['failure_reason'].removeprefix('QualityGate: ')}. Notebook 03 says what to do; then {rebuild}")
+    if last["status"] != "Succeeded":
+        return f"the last model build ({last['execution_id']}) {last['status']}: {last['failure_reason']}; {rebuild}"
+    return f"the last build's version has been decided already: {rebuild} for a new one"
+
 
 
 def update_threshold_on_approval(params: ParameterStore, new_wql: float, update_rate: float = THRESHOLD_UPDATE_RATE,

@@ -404,6 +404,24 @@ STATUS_FIELDS = {
 }
 
 
+def dead_letters(state_dir: str | Path | None = None, limit: int = 10):
+    """The newest events that came later than the allowed lateness: kept, not counted, with how late they were."""
+    import pandas as pd
+
+    from helpers.checkpoint import Checkpoint
+
+    paths = Paths.at(state_dir)
+    if not paths.checkpoint.exists():
+        return pd.DataFrame(columns=["hash", "event_time", "fee", "late_by_s", "reason"])
+    checkpoint = Checkpoint(paths.checkpoint)
+    rows = pd.DataFrame(checkpoint.dead_letters(limit),
+                        columns=["id", "log_offset", "hash", "time", "fee", "size", "weight", "watermark", "reason"])
+    checkpoint.close()
+    rows["event_time"] = pd.to_datetime(rows["time"], unit="s", utc=True)
+    rows["late_by_s"] = rows["watermark"] - rows["time"]  # behind the watermark when it arrived
+    return rows[["hash", "event_time", "fee", "late_by_s", "reason"]]
+
+
 def describe(state_dir: str | Path | None = None):
     """The service's health as a two-column table: value and meaning."""
     import pandas as pd

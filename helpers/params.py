@@ -13,7 +13,10 @@ from helpers.sqlite import SQLiteFile
 
 WQL_THRESHOLD = "/rtmlops/model-build/wql-threshold"  # the quality gate's bar: mean wQL must not exceed it
 CURRENT_MODEL_WQL = "/rtmlops/model/current-wql"  # the mean wQL of the model in production
-DEFAULT_WQL_THRESHOLD = 0.24  # the original system's initial threshold
+BASELINE_MARGIN = "/rtmlops/model-build/baseline-margin"  # how much worse than the best naive forecast is tolerated
+# What a new state directory starts with (on AWS: the CloudFormation stack's parameters). The threshold is the
+# original system's; the margin is measured (helpers.gate, python -m bench train).
+MODEL_BUILD_DEFAULTS = {WQL_THRESHOLD: 0.24, BASELINE_MARGIN: 0.05}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parameter_history (
@@ -78,3 +81,9 @@ class ParameterStore(SQLiteFile):
         cur = self._conn.execute("SELECT * FROM parameter_history WHERE name = ? ORDER BY version", (name,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
+
+
+def ensure_model_build_defaults(store: ParameterStore) -> dict[str, float]:
+    """Create the quality gate's parameters if absent (a fresh state directory); return their current values."""
+    return {name: float(store.put_if_absent(name, value, by="defaults"))
+            for name, value in MODEL_BUILD_DEFAULTS.items()}

@@ -51,7 +51,13 @@ CREATE TABLE IF NOT EXISTS steps (
 
 
 class QualityGateFailed(Exception):
-    """Raised by a gate step: the execution ends FailedQualityGate and the rest is skipped."""
+    """Raised by a gate step: the execution ends FailedQualityGate and the rest is skipped.
+
+    ``outputs`` are recorded as the step's outputs, so a rejection keeps its numbers."""
+
+    def __init__(self, message: str, outputs: dict | None = None):
+        super().__init__(message)
+        self.outputs = outputs or {}
 
 
 @dataclass
@@ -175,7 +181,7 @@ class Pipeline:
         try:
             outputs, status = step.run(context) or {}, "Succeeded"
         except QualityGateFailed as gate:
-            outputs, status = {}, "FailedQualityGate"
+            outputs, status = gate.outputs, "FailedQualityGate"
             capture.lines.append(str(gate))
         except Exception as error:  # a step's failure is recorded, never raised out of the pipeline
             outputs, status = {}, "Failed"

@@ -36,8 +36,10 @@ def plot_minutes(frame: pd.DataFrame, title: str, rolling: str = "60min"):
 def watch_stream(status_fn, minutes_fn, seconds: float = 60, refresh_s: float = 2.0):
     """Redraw a live figure for ``seconds``: events arriving in the log, and minutes landing online.
 
-    ``status_fn()`` returns the service status; ``minutes_fn()`` the latest feature records.
+    ``status_fn()`` returns the service status; ``minutes_fn()`` the latest feature records. A short watch
+    refreshes faster, so that even a few seconds draw a line of arrival rates, not one dot.
     """
+    refresh_s = min(refresh_s, seconds / 8)
     from IPython.display import clear_output, display
 
     samples = []
@@ -59,14 +61,12 @@ def _stream_figure(samples, frame: pd.DataFrame):
     arrivals = pd.DataFrame(samples, columns=["elapsed", "events"]).set_index("elapsed")
     rate = arrivals["events"].diff() / arrivals.index.to_series().diff()
     rate_ax.plot(rate.index, rate, marker="o", ms=3)
-    rate_ax.set_title("events into the log / second")
-    rate_ax.set_xlabel("seconds watched")
-    for ax, column, title in ((count_ax, "tx_count", "transactions / minute"), (fee_ax, "avg_fee", "avg fee (sat)")):
+    rate_ax.set(title="events into the log", xlabel="seconds watched (wall clock)", ylabel="events / second")
+    for ax, column, label in ((count_ax, "tx_count", "transactions / minute"), (fee_ax, "avg_fee", "avg fee (sat)")):
         if not frame.empty:
             ax.bar(frame.index, frame[column], width=1 / 1440, align="edge")
-        ax.set_title(f"{title}, latest minutes online")
+        ax.set(title="latest minutes online", xlabel="event time (UTC)", ylabel=label)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-        ax.set_xlabel("event time (UTC)")
     for ax in (rate_ax, count_ax, fee_ax):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -82,7 +82,8 @@ def plot_rolling(frame: pd.DataFrame, columns=("tx_count", "total_fee", "avg_fee
         ax.plot(frame.index, frame[column], lw=0.5, alpha=0.5, label="per minute")
         ax.plot(frame.index, mean, lw=1.5, label=f"rolling mean {window}")
         ax.fill_between(frame.index, mean - std, mean + std, alpha=0.2, label="±1 std")
-        ax.set_ylabel(column)
+        ax.set_ylabel({"tx_count": "transactions / min", "total_fee": "total fee (sat)",
+                       "avg_fee": "avg fee (sat)"}.get(column, column))
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel("minute (UTC)")
@@ -100,19 +101,25 @@ def plot_forecast_fans(series: pd.Series, origins: list[int], forecast: dict, ti
     for i, (ax, origin) in enumerate(zip(axes.flat, origins)):
         past = series.iloc[max(0, origin - context):origin]
         future = series.iloc[origin:origin + horizon]
-        ax.plot(past.index, past, color="grey", lw=0.8)
+        ax.plot(past.index, past, color="grey", lw=0.8, label="context (what the model saw)")
+        ax.fill_between(future.index, forecast["0.1"][i], forecast["0.9"][i], color="tab:blue", alpha=0.2,
+                        lw=0, label="forecast 10-90 %")
+        ax.fill_between(future.index, forecast["0.3"][i], forecast["0.7"][i], color="tab:blue", alpha=0.35,
+                        lw=0, label="forecast 30-70 %")
+        ax.plot(future.index, forecast["0.5"][i], color="tab:orange", lw=1.8, label="forecast median")
         ax.plot(future.index, future, color="black", lw=1.0, label="actual")
-        ax.fill_between(future.index, forecast["0.1"][i], forecast["0.9"][i], alpha=0.25, label="10-90 %")
-        ax.fill_between(future.index, forecast["0.3"][i], forecast["0.7"][i], alpha=0.35, label="30-70 %")
-        ax.plot(future.index, forecast["0.5"][i], lw=1.2, label="median")
         ax.xaxis.set_major_locator(mdates.MinuteLocator(byminute=[0, 30]))
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.set_xlabel("UTC")
         ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("avg fee (sat)")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    axes.flat[0].legend(loc="upper left", fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)  # below, off the data
     return fig
 
 
@@ -127,8 +134,7 @@ def plot_live_forecast(history: pd.Series, prediction: dict, title: str, context
     ax.fill_between(future, quantiles["0.1"], quantiles["0.9"], alpha=0.25, label="10-90 %")
     ax.fill_between(future, quantiles["0.3"], quantiles["0.7"], alpha=0.35, label="30-70 %")
     ax.plot(future, quantiles["0.5"], lw=1.4, label="median")
-    ax.set_title(title)
-    ax.set_ylabel("avg fee (sat)")
+    ax.set(title=title, ylabel="avg fee (sat)", xlabel="minute (UTC)")
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
@@ -141,9 +147,10 @@ def plot_monitoring(timeline: pd.DataFrame, alarm_history: pd.DataFrame, retrain
     """The loop on one figure: wQL per hour and stage, the threshold, alarm periods, drift, retrains, deploys."""
     fig, ax = plt.subplots(figsize=(12, 4.5))
     ends = timeline["hour"].max() + pd.Timedelta(hours=1) if len(timeline) else None
-    for stage, style, shade in (("prod", "-o", "tab:red"), ("staging", "--s", "tab:orange")):
+    for stage, style, shade, width in (("prod", "-o", "tab:red", 2.0), ("staging", "--s", "tab:blue", 1.2)):
         hours = timeline[timeline["stage"] == stage]
-        ax.plot(hours["hour"] + pd.Timedelta(minutes=30), hours["wql"], style, ms=4, label=f"{stage} wQL")
+        ax.plot(hours["hour"] + pd.Timedelta(minutes=30), hours["wql"], style, color=shade, lw=width, ms=4,
+                mfc="white" if stage == "staging" else shade, label=f"{stage} wQL")
         transitions = alarm_history[alarm_history["name"].str.endswith(stage)]
         for (_, t), (_, after) in zip(transitions.iterrows(), list(transitions.iloc[1:].iterrows()) + [(None, None)]):
             if t["new_state"] == "ALARM":
@@ -152,8 +159,11 @@ def plot_monitoring(timeline: pd.DataFrame, alarm_history: pd.DataFrame, retrain
     threshold = timeline.groupby("hour")["threshold"].max()
     ax.step(threshold.index, threshold.to_numpy(), where="post", color="black", lw=1, label="threshold")
     started = retrains[retrains["status"] != "Skipped"]
-    for i, at in enumerate(started["requested_sim"].dropna()):
-        ax.axvline(at, color="tab:purple", ls=":", label="retrain started" if i == 0 else None)
+    for _, retrain in started.dropna(subset=["requested_sim"]).iterrows():
+        outcome = {"Deployed": ("tab:green", "retrain started (deployed)"),
+                   "FailedQualityGate": ("tab:gray", "retrain started (rejected by the gate)")}.get(
+            retrain["status"], ("tab:purple", f"retrain started ({retrain['status']})"))
+        ax.axvline(retrain["requested_sim"], color=outcome[0], ls=":", lw=1.5, label=outcome[1])
     for i, at in enumerate(retrains.loc[retrains["status"] == "Deployed", "ended_sim"].dropna()):
         ax.axvline(at, color="tab:green", lw=2, label="retrained model deployed" if i == 0 else None)
     if drift_at is not None:

@@ -58,20 +58,41 @@ class ModelRegistry:
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
             EXPERIMENT, artifact_location=(self.directory / "artifacts").as_uri())
 
-    def register(self, model_dir: Path, metrics: dict, baselines: dict, hyperparameters: dict, data_range: dict,
-                 feature_group: str, pipeline_execution_id: str, group: str = MODEL_GROUP) -> ModelVersion:
-        """Log a run with everything the version must carry, then register it as PendingManualApproval."""
+    def log_build(self, pipeline_execution_id: str, status: str, hyperparameters: dict, metrics: dict | None = None,
+                  baselines: dict | None = None, gate_reason: str | None = None, failure_reason: str | None = None,
+                  model_dir: Path | None = None) -> str:
+        """The MLflow run of a pipeline execution, whatever its outcome (a gate-rejected build too): its
+        hyperparameters, metrics beside the baselines', the gate's decision. Logged once; returns the run id."""
         client = self.client
-        run = client.create_run(self.experiment_id, run_name=pipeline_execution_id,
-                                tags={"pipeline_execution_id": pipeline_execution_id})
-        run_id = run.info.run_id
-        for name, value in hyperparameters.items():
-            client.log_param(run_id, name, value)
-        for name, value in _flat_metrics(metrics, baselines).items():
-            client.log_metric(run_id, name, value)
-        client.log_dict(run_id, {"metrics": metrics, "baselines": baselines}, "evaluation.json")
-        client.log_artifacts(run_id, str(model_dir), "model")
-        client.set_terminated(run_id)
+        found = client.search_runs([self.experiment_id], f"tags.pipeline_execution_id = '{pipeline_execution_id}'")
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run_id = client.create_run(self.experiment_id, run_name=pipeline_execution_id,
+                                       tags={"pipeline_execution_id": pipeline_execution_id}).info.run_id
+            for name, value in hyperparameters.items():
+                client.log_param(run_id, name, value)
+            if metrics:
+                for name, value in _flat_metrics(metrics, baselines or {}).items():
+                    client.log_metric(run_id, name, value)
+                client.log_dict(run_id, {"metrics": metrics, "baselines": baselines}, "evaluation.json")
+            if model_dir is not None:
+                client.log_artifacts(run_id, str(model_dir), "model")
+        for key, value in {"pipeline_status": status, "quality_gate": gate_reason,
+                           "failure_reason": failure_reason}.items():
+            if value:
+                client.set_tag(run_id, key, value[:5000])
+        client.set_terminated(run_id, "FAILED" if status == "Failed" else "FINISHED")  # a rejection is an outcome
+        return run_id
+
+    def register(self, model_dir: Path, metrics: dict, baselines: dict, hyperparameters: dict, data_range: dict,
+                 feature_group: str, pipeline_execution_id: str, gate_reason: str = "",
+                 group: str = MODEL_GROUP) -> ModelVersion:
+        """Log the build's run with everything the version must carry, then register it as PendingManualApproval."""
+        client = self.client
+        run_id = self.log_build(pipeline_execution_id, "Executing", hyperparameters, metrics, baselines, gate_reason,
+                                model_dir=model_dir)
+        run = client.get_run(run_id)
         if not _group_exists(client, group):
             client.create_registered_model(group, description="DeepAR forecasts of the per-minute average fee")
         tags = {
@@ -79,12 +100,12 @@ class ModelRegistry:
             "metrics": json.dumps(metrics), "baselines": json.dumps(baselines),
             "hyperparameters": json.dumps(hyperparameters), "data_range": json.dumps(data_range),
             "feature_group": feature_group, "pipeline_execution_id": pipeline_execution_id,
-            "mean_wQuantileLoss": str(metrics["mean_wQuantileLoss"]),
+            "mean_wQuantileLoss": str(metrics["mean_wQuantileLoss"]), "quality_gate": gate_reason,
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a source outside a logged model is unusual
             version = client.create_model_version(group, source=f"{run.info.artifact_uri}/model", run_id=run_id,
-                                                  tags=tags)
+                                                  tags=tags, description=_describe_status("PendingManualApproval"))
         log.info("registered %s version %s: PendingManualApproval", group, version.version)
         return self.get(group, int(version.version))
 
@@ -115,8 +136,19 @@ class ModelRegistry:
         for key, value in {"approval_status": status, "approval_by": by, "approval_reason": reason,
                            "approval_history": json.dumps(history)}.items():
             self.client.set_model_version_tag(group, str(version), key, value)
+        self.client.update_model_version(group, str(version), _describe_status(status, by, reason))
         log.info("%s version %s: %s -> %s by %s (%s)", group, version, current.approval_status, status, by, reason)
         return self.get(group, version)
+
+    def set_stage_alias(self, stage: str, version: int, group: str = MODEL_GROUP) -> None:
+        """Point the alias ``stage`` (staging, prod) at the version that endpoint now serves."""
+        self.client.set_registered_model_alias(group, stage, str(version))
+
+    def stage_aliases(self, group: str = MODEL_GROUP) -> dict[str, int]:
+        """{alias: version}: which version each endpoint serves, as the registry shows it."""
+        if not _group_exists(self.client, group):
+            return {}
+        return {alias: int(version) for alias, version in self.client.get_registered_model(group).aliases.items()}
 
     def latest(self, group: str = MODEL_GROUP, status: str | None = None) -> ModelVersion | None:
         """The newest version, optionally only among those with ``status``."""
@@ -140,6 +172,11 @@ class ModelRegistry:
         """A local directory holding the version's serialized predictor."""
         return Path(self._mlflow.artifacts.download_artifacts(artifact_uri=self.get(group, version).artifact_uri,
                                                               tracking_uri=self.tracking_uri))
+
+
+def _describe_status(status: str, by: str = "", reason: str = "") -> str:
+    """The version's description, which the MLflow UI shows in its versions list: the approval status first."""
+    return f"{status}: {reason} (by {by})" if by else f"{status}: awaiting a decision (python -m helpers approve)"
 
 
 def _group_exists(client, group: str) -> bool:

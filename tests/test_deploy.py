@@ -2,9 +2,9 @@
 from dataclasses import replace
 
 import pytest
-from test_model_build import SMALL
+from test_model_build import SMALL, set_gate
 
-from conftest import private_copy
+from conftest import PINNED_NOW, private_copy
 from helpers import deploy, ingest, model_build
 from helpers.config import Paths
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 def trained_state(tmp_path_factory):
     """Two days of features and two registered versions, pending approval."""
     state = tmp_path_factory.mktemp("deploy") / "state"
-    ingest.backfill(state, days=2.0, progress=False)
-    ParameterStore(Paths.at(state).params).put(WQL_THRESHOLD, 1.0, by="test")
+    ingest.backfill(state, days=2.0, now=PINNED_NOW, progress=False)
+    set_gate(state, 1.0)
     for seed in (1, 2):
         assert model_build.run(state, replace(SMALL, seed=seed)).succeeded
     return state

@@ -1,5 +1,7 @@
 """The service with the live poller (against a fake blockchain.com on loopback), recording, then replaying."""
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +27,7 @@ class FakeBlockchainAPI(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), FakeHandler)
         self.model = TransactionModel(SimulatorConfig(seed=3))
-        self.wall0, self.sim0 = time.time(), time.time() // 60 * 60 - 86400
+        self.wall0, self.sim0 = time.time(), 1_790_000_000 // 60 * 60  # pinned data: 2026-09-21T13:33Z on
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -91,3 +93,17 @@ def test_live_poller_service_records_and_a_replay_rebuilds_the_same_features(fak
     assert len(live_minutes) >= 3
     pd.testing.assert_frame_equal(replayed.iloc[: len(live_minutes)].reset_index(drop=True),
                                   live_minutes.reset_index(drop=True))
+
+
+def test_the_command_line_polls_a_proxy_or_mirror_at_the_interval_given(fake_api, tmp_path):
+    state = tmp_path / "state"
+    started = subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state), "start", "--source",
+                              "blockchain", "--url", fake_api, "--interval", "0.3"],
+                             capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        config = json.loads(Paths.at(state).ingest_config.read_text())
+        assert (config["url"], config["interval_s"]) == (fake_api, 0.3)
+        wait_for(lambda: ingest.status(state).get("log_events", 0) > 0, timeout_s=60, what="events from the mirror")
+    finally:
+        ingest.stop(state)

@@ -23,12 +23,14 @@ from helpers.feature_store import open_tx_per_minute
 from helpers.sources.simulator import SimulatorConfig, TransactionModel
 
 pytestmark = pytest.mark.slow
+PINNED_NOW = 1_800_000_000 // 60 * 60  # 2027-01-15T08:00Z
 
 
 def finite_stream(state_dir, hours_live=3.0, speed=3600.0):
-    """A simulator stream: 2 h of backfill, then ``hours_live`` simulated hours of 15 s polls, then it ends."""
-    now = time.time() // 60 * 60
-    return ingest.start(state_dir, source="simulator", seed=7, speed=speed, start=now - 7200,
+    """A simulator stream: 2 h of backfill, then ``hours_live`` simulated hours of 15 s polls, then it ends.
+    Simulated time is pinned, so every run streams the same transactions whatever the hour."""
+    now = PINNED_NOW
+    return ingest.start(state_dir, source="simulator", seed=7, speed=speed, now=now, start=now - 7200,
                         until=now + hours_live * 3600)
 
 
@@ -84,6 +86,14 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_counts_nothing_twice(
     pd.testing.assert_frame_equal(in_range(stored), in_range(truth_from_log), check_dtype=False)
     pd.testing.assert_frame_equal(in_range(stored), in_range(truth_from_simulator), check_dtype=False)
     assert len(in_range(stored)) > 250
+
+    letters = ingest.dead_letters(state_dir, limit=100_000)  # what a learner sees of them
+    assert len(letters) == final["dead_lettered"] > 0
+    assert (letters["late_by_s"] > window.allowed_lateness_s).all() and letters["event_time"].dt.tz is not None
+    shown = subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state_dir), "dead-letters",
+                            "--limit", "3"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and letters["hash"].iloc[0] in shown.stdout
+    assert "beyond allowed lateness" in shown.stdout
 
 
 def minute_totals(events: np.ndarray) -> pd.DataFrame:

@@ -3,15 +3,17 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import PINNED_NOW
 from helpers import deepar, ingest, model_build
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
-from helpers.params import WQL_THRESHOLD, ParameterStore
+from helpers.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
 from helpers.pipeline import ExecutionStore, Pipeline, Step
 from helpers.registry import ModelRegistry
 
@@ -25,7 +27,7 @@ SMALL = model_build.BuildSettings(
 def features_state(tmp_path_factory):
     """Two days of simulated features, shared by the tests that only read them."""
     state = tmp_path_factory.mktemp("build") / "state"
-    ingest.backfill(state, days=2.0, progress=False)
+    ingest.backfill(state, days=2.0, now=PINNED_NOW, progress=False)
     return state
 
 
@@ -39,12 +41,15 @@ def state(features_state, tmp_path):
     return copy
 
 
-def set_threshold(state, value):
-    ParameterStore(Paths.at(state).params).put(WQL_THRESHOLD, value, by="test")
+def set_gate(state, threshold, margin=10.0):
+    """The quality gate's two parameters; a wide margin by default, since tests of other things use tiny models."""
+    params = ParameterStore(Paths.at(state).params)
+    params.put(WQL_THRESHOLD, threshold, by="test")
+    params.put(BASELINE_MARGIN, margin, by="test")
 
 
 def test_pipeline_registers_a_version_pending_approval_carrying_everything(state):
-    set_threshold(state, 1.0)
+    set_gate(state, 1.0)
     execution = model_build.run(state, SMALL)
     assert execution.status == "Succeeded", execution.failure_reason
     steps = execution.steps.set_index("name")
@@ -69,39 +74,65 @@ def test_pipeline_registers_a_version_pending_approval_carrying_everything(state
     assert forecast["0.5"].shape == (1, 30) and (forecast["0.1"] <= forecast["0.9"]).all()
 
 
-def test_the_same_data_and_seed_give_the_same_metrics(state):
-    set_threshold(state, 1.0)
-    first, second = model_build.run(state, SMALL), model_build.run(state, SMALL)
-    assert first.outputs["mean_wQuantileLoss"] == pytest.approx(second.outputs["mean_wQuantileLoss"], rel=1e-6)
+def test_the_same_data_and_seed_give_exactly_the_same_metrics_in_any_process(state):
+    set_gate(state, 1.0)
+    first = model_build.run(state, SMALL)
+    in_another_process = subprocess.run(
+        [sys.executable, "-c", "import sys, json; from test_model_build import SMALL; from helpers import model_build;"
+                               "print(json.dumps(model_build.run(sys.argv[1], SMALL).outputs))", str(state)],
+        capture_output=True, text=True, timeout=300, check=True, cwd=Path(__file__).parent)
+    second = json.loads(in_another_process.stdout.strip().splitlines()[-1])
+    metrics = ("mean_wQuantileLoss", "best_validation_loss", "baselines_mean_wQuantileLoss", "epochs_run")
+    assert {k: first.outputs[k] for k in metrics} == {k: second[k] for k in metrics}  # exactly, not approximately
     other_seed = model_build.run(state, replace(SMALL, seed=7))
     assert other_seed.outputs["mean_wQuantileLoss"] != first.outputs["mean_wQuantileLoss"]
 
 
-def test_the_gate_reads_its_threshold_when_it_runs_and_a_failed_gate_registers_nothing(state):
+def test_the_gate_reads_both_parameters_when_it_runs_and_a_rejection_keeps_its_numbers(state):
     registry = ModelRegistry(Paths.at(state).registry)
-    set_threshold(state, 1e-6)
+    set_gate(state, 1e-6)
     failed = model_build.run(state, SMALL)
     assert failed.status == "FailedQualityGate"
-    assert "quality gate failed: mean wQL" in failed.failure_reason and WQL_THRESHOLD in failed.failure_reason
+    assert "quality gate failed: mean wQL" in failed.failure_reason
+    assert "threshold 0.0000 (FAILED)" in failed.failure_reason
     assert failed.steps.set_index("name").loc["Register", "status"] == "Skipped"
+    assert failed.outputs["gate"]["passed_threshold"] is False and failed.outputs["gate"]["threshold"] == 1e-6
     assert registry.versions().empty
 
-    set_threshold(state, 1.0)  # the same settings: the new value is read at run time
-    assert model_build.run(state, SMALL).status == "Succeeded"
-    assert len(registry.versions()) == 1
+    set_gate(state, 1.0, margin=0.0)  # the same settings: the new values are read at run time
+    strict = model_build.run(state, SMALL)
+    gate = strict.outputs["gate"]
+    best = min(strict.outputs["baselines_mean_wQuantileLoss"].values())
+    assert gate["best_baseline_score"] == best and gate["passed_baseline"] == (gate["score"] <= best)
+    assert strict.status == ("Succeeded" if gate["score"] <= best else "FailedQualityGate")
+
+    set_gate(state, 1.0, margin=10.0)
+    passed = model_build.run(state, SMALL)
+    assert passed.status == "Succeeded" and len(registry.versions()) == 1 + (strict.status == "Succeeded")
+    version = registry.get("btc-avg-fee-deepar", passed.outputs["model_version"])
+    assert version.tags["quality_gate"].startswith("quality gate passed: ")
+    assert "(1 + margin 10)" in version.tags["quality_gate"]
+
+    runs = registry.client.search_runs([registry.experiment_id])  # every execution is a run, rejected ones too
+    by_execution = {r.data.tags["pipeline_execution_id"]: r.data.tags for r in runs}
+    assert set(by_execution) == {failed.execution_id, strict.execution_id, passed.execution_id}
+    assert by_execution[failed.execution_id]["pipeline_status"] == "FailedQualityGate"
+    assert "FAILED" in by_execution[failed.execution_id]["quality_gate"]
 
 
-def test_a_missing_threshold_fails_the_gate_step_saying_how_to_set_it(state):
-    execution = model_build.run(state, SMALL)
-    assert execution.status == "Failed"
-    assert f"parameter '{WQL_THRESHOLD}' is not set" in execution.failure_reason
-    assert "python -m helpers param set" in execution.failure_reason
+def test_a_fresh_state_directory_gets_the_gates_defaults_from_the_command_line(state):
+    cli = subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state), "train", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert ": Succeeded" in cli.stdout or ": FailedQualityGate (QualityGate: quality gate failed" in cli.stdout
+    params = ParameterStore(Paths.at(state).params)
+    assert {name: params.get_float(name) for name in MODEL_BUILD_DEFAULTS} == MODEL_BUILD_DEFAULTS
 
 
 def test_too_little_data_names_the_minutes_needed_and_how_long_to_wait(tmp_path):
     state = tmp_path / "state"
-    ingest.backfill(state, days=0.5, progress=False)
-    set_threshold(state, 1.0)
+    ingest.backfill(state, days=0.5, now=PINNED_NOW, progress=False)
+    set_gate(state, 1.0)
     execution = model_build.run(state, SMALL)
     assert execution.status == "Failed"
     reason = execution.failure_reason
@@ -117,7 +148,7 @@ def test_mostly_missing_data_is_refused(tmp_path):
                 "window_start": float(start + 60 * i), "event_time": float(start + 60 * i + 60), "revision": 0,
                 "tx_count": 10, "total_fee": 1000, "avg_fee": 100.0} for i in range(2400) if i % 3 == 0]
     group.put_records(records, "sparse")
-    set_threshold(state, 1.0)
+    set_gate(state, 1.0)
     execution = model_build.run(state, SMALL)
     assert execution.status == "Failed" and "mostly gaps: 67% of the minutes have no record" in execution.failure_reason
 
@@ -137,7 +168,7 @@ def test_hyperparameters_out_of_range_are_refused_by_name(values, message):
 
 def test_sagemaker_hyperparameters_are_strings_under_sagemaker_names():
     sagemaker = deepar.DeepARHyperparameters().sagemaker()
-    assert sagemaker["likelihood"] == "student-T" and sagemaker["prediction_length"] == "30"
+    assert sagemaker["likelihood"] == "gaussian" and sagemaker["prediction_length"] == "30"
     assert "num_batches_per_epoch" not in sagemaker and all(isinstance(v, str) for v in sagemaker.values())
 
 
@@ -157,7 +188,7 @@ def test_a_failing_step_is_recorded_with_its_error_and_the_rest_skipped(tmp_path
 
 
 def test_executions_are_visible_from_the_command_line(state):
-    set_threshold(state, 1.0)
+    set_gate(state, 1.0)
     execution = model_build.run(state, SMALL)
     cli = lambda *args: subprocess.run([sys.executable, "-m", "helpers", "--state-dir", str(state), *args],  # noqa: E731
                                        capture_output=True, text=True, timeout=120)

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
-from test_model_build import SMALL
+from test_model_build import SMALL, set_gate
 
-from conftest import private_copy, wait_for
+from conftest import PINNED_NOW, private_copy, wait_for
 from helpers import alarms, daemon, deploy, ingest, model_build, monitor, retrain, services
 from helpers.config import Paths
 from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
@@ -26,8 +26,8 @@ HOUR = 3600
 def trained_state(tmp_path_factory):
     """Two days of features and one registered version."""
     state = tmp_path_factory.mktemp("monitor") / "state"
-    ingest.backfill(state, days=2.0, progress=False)
-    ParameterStore(Paths.at(state).params).put(WQL_THRESHOLD, 1.0, by="test")
+    ingest.backfill(state, days=2.0, now=PINNED_NOW, progress=False)
+    set_gate(state, 1.0)
     assert model_build.run(state, SMALL).succeeded
     return state
 

@@ -104,6 +104,7 @@ def plot_data_quality(report: DataQualityReport):
                 label="revised by late events")
         ax.set_ylabel(feature)
         ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("minute (UTC)")
     axes[0].legend(loc="upper left", fontsize=8)
     axes[0].set_title(f"data quality: {int(report.gaps['minutes'].sum())} missing minutes (grey), "
                       f"{len(report.revised)} revised, {len(report.outliers)} outliers")

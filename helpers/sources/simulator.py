@@ -329,6 +329,18 @@ class TransactionModel:
         events = np.concatenate([chunk.events for chunk in self._chunks_between(t0, t1)])
         return events[(events["time"] >= t0) & (events["time"] < t1)]
 
+    def avg_fee_per_minute(self, t0: int, t1: int) -> np.ndarray:
+        """The true avg_fee of each minute in [t0, t1) (whole minutes), NaN for an empty one: what the stream
+        computes from every transaction, the very late ones included. Hour by hour, so memory stays small."""
+        minutes = (t1 - t0) // 60
+        counts, fees = np.zeros(minutes), np.zeros(minutes)
+        for hour in range(t0 - t0 % CHUNK_S, t1, CHUNK_S):
+            events = self.transactions(max(hour, t0), min(hour + CHUNK_S, t1))
+            index = (events["time"] - t0) // 60
+            counts += np.bincount(index, minlength=minutes)
+            fees += np.bincount(index, weights=events["fee"], minlength=minutes)
+        return np.divide(fees, counts, out=np.full(minutes, np.nan), where=counts > 0)
+
     def deliveries(self, t0: float, t1: float) -> np.ndarray:
         """Every copy delivered in [t0, t1), poll by poll, shuffled within a poll."""
         return self.delivery_schedule(t0, t1)[0]

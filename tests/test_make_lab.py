@@ -1,0 +1,32 @@
+"""make lab starts JupyterLab on loopback, as root too (a container), and answers."""
+import os
+import re
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from helpers.config import REPO_ROOT
+from helpers.daemon import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_lab_serves_on_loopback_even_as_root(tmp_path):
+    port = free_port()
+    env = {**os.environ, "BROWSER": "true", "JUPYTER_RUNTIME_DIR": str(tmp_path)}  # no browser to open here
+    lab = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_ARGS=--port={port} --no-browser"],
+                           cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        deadline, seen = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and not re.search(rf"http://127\.0\.0\.1:{port}/lab", seen):
+            line = lab.stdout.readline()
+            assert line or lab.poll() is None, f"make lab exited: {seen[-2000:]}"
+            seen += line
+        assert re.search(rf"http://127\.0\.0\.1:{port}/lab", seen), seen[-2000:]
+        assert httpx.get(f"http://127.0.0.1:{port}/api", timeout=10).status_code == 200
+    finally:
+        os.killpg(lab.pid, 15)
+        lab.wait(timeout=30)
