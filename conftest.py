@@ -51,6 +51,19 @@ def make_events(rows) -> np.ndarray:
     return events
 
 
+def snapshot_feature_store(state: Path, destination: Path) -> Path:
+    """A consistent copy of a live feature store (the stream may be writing): Parquet files as they are, the
+    SQLite catalog through SQLite's backup API. Returns the state directory holding the copy."""
+    import sqlite3
+
+    source, target = Path(state) / "feature_store", Path(destination) / "feature_store"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.db", "*.db-wal", "*.db-shm"))
+    for db in source.glob("*.db"):
+        with sqlite3.connect(db) as live, sqlite3.connect(target / db.name) as copy:
+            live.backup(copy)
+    return Path(destination)
+
+
 def private_copy(state: Path, tmp_path: Path, monkeypatch) -> Path:
     """A copy of a prepared state directory, whose endpoints get ports of their own."""
     from helpers.daemon import free_port

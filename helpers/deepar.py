@@ -85,6 +85,7 @@ class DeepARHyperparameters:
         return {k: str(v) for k, v in self.to_dict().items() if k not in gluonts_only}
 
     def gluonts_kwargs(self) -> dict:
+        from gluonts.time_feature import hour_of_day, minute_of_hour
         from gluonts.torch.distributions import NegativeBinomialOutput, NormalOutput, StudentTOutput
         from gluonts.transform import ExpectedNumInstanceSampler
 
@@ -96,6 +97,9 @@ class DeepARHyperparameters:
             "dropout_rate": self.dropout_rate, "distr_output": distribution, "lr": self.learning_rate,
             "batch_size": self.mini_batch_size, "num_batches_per_epoch": self.num_batches_per_epoch,
             "nonnegative_pred_samples": True,  # fees are never negative: a negative sample is clipped to 0
+            # The daily rhythm only: GluonTS adds day of week, month and year for minutes, which a week of history
+            # cannot teach (one example of each), so the network could only overfit them.
+            "time_features": [minute_of_hour, hour_of_day],
             "train_sampler": ExpectedNumInstanceSampler(num_instances=self.num_instances_per_pass,
                                                         min_future=self.prediction_length),
         }

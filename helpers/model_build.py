@@ -50,6 +50,12 @@ class BuildSettings:
         if self.training_days <= 0:
             raise ValueError(f"training_days={self.training_days}: must be positive")
 
+    @classmethod
+    def from_parameters(cls, parameters: dict) -> "BuildSettings":
+        """The settings an execution recorded (its ``parameters``): to rebuild exactly the same model."""
+        return cls(**{**parameters, "hyperparameters": deepar.DeepARHyperparameters.from_dict(
+            parameters["hyperparameters"])})
+
     def minutes_needed(self) -> int:
         """A day for the seasonal-naive baseline and the daily pattern, the network's context, the windows."""
         hp = self.hyperparameters

@@ -5,10 +5,12 @@ import re
 import pandas as pd
 import pytest
 
-from helpers import alarms, deploy, ingest, monitor, services
+from conftest import snapshot_feature_store
+from helpers import alarms, deploy, ingest, model_build, monitor, services
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
 from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, extract_figures, run_notebook
+from helpers.pipeline import ExecutionStore
 from helpers.registry import ModelRegistry
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -69,6 +71,7 @@ def test_the_notebooks_in_order_01_to_05(tmp_path):
         assert "seasonal_naive" in text and "naive_last_value" in text
         versions = ModelRegistry(Paths.at(state).registry).versions()
         assert versions["approval_status"].tolist() == ["PendingManualApproval"]
+        check_the_build_is_reproducible(state, tmp_path / "rebuild")
 
         outputs, figures = run("04_deploy.ipynb", tmp_path, state_dir=str(state))
         text = text_of(outputs)
@@ -87,6 +90,17 @@ def test_the_notebooks_in_order_01_to_05(tmp_path):
         services.stop_all(state)
 
 
+def check_the_build_is_reproducible(state, elsewhere) -> None:
+    """Notebook 03's build again, on a copy of the features the stream is still writing: the same numbers, exactly."""
+    store = ExecutionStore(Paths.at(state).pipelines)
+    first = store.get(store.list("model-build", limit=1)["execution_id"].iloc[0])
+    again = model_build.run(snapshot_feature_store(state, elsewhere), model_build.BuildSettings.from_parameters(
+        first.parameters))
+    for key in ("mean_wQuantileLoss", "baselines_mean_wQuantileLoss", "best_validation_loss", "epochs_run",
+                "data_start", "data_end", "gate"):
+        assert again.outputs[key] == first.outputs[key], key
+
+
 def check_the_loop_closed(state, drift_at: pd.Timestamp) -> None:
     """drift -> alarm -> retrain -> deploy -> recovery, in that order, from the monitor's own records."""
     fired = monitor.alarm_history(state).query("new_state == 'ALARM'")
@@ -99,6 +113,9 @@ def check_the_loop_closed(state, drift_at: pd.Timestamp) -> None:
         "one retrain in flight at a time"
     deployed = started[started["status"] == "Deployed"]
     assert len(deployed) >= 1
+    history = monitor.alarm_history(state)
+    while_retraining = history[(history["at"] > fired["at"].min()) & (history["at"] < deployed["ended_sim"].iloc[0])]
+    assert (while_retraining["new_state"] != "OK").all(), "no alarm flapped back to OK before the retrain deployed"
     newest = int(deployed["model_version"].iloc[-1])
     assert {name: deploy.describe(state, name)["ModelVersion"] for name in deploy.ENDPOINTS} == \
         {"staging": newest, "prod": newest}
