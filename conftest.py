@@ -20,6 +20,10 @@ from helpers.events import EVENT_DTYPE
 def pytest_configure(config):
     os.environ["TZ"] = "Pacific/Kiritimati"  # UTC+14
     time.tzset()
+    from helpers.clock import PINNED_NOW_ENV
+    from helpers.notebooks import PINNED_NOW
+
+    os.environ[PINNED_NOW_ENV] = PINNED_NOW  # nbval's notebooks and every stream: the same market at any hour
     config._state_dir = tempfile.mkdtemp(prefix="mlops-test-state-")
     os.environ["MLOPS_STATE_DIR"] = config._state_dir
     from helpers.daemon import free_port

@@ -14,8 +14,9 @@ import pandas as pd
 
 from bench.common import Record
 from helpers import monitor, services
+from helpers.clock import PINNED_NOW_ENV
 from helpers.daemon import free_port
-from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, run_notebook
+from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, PINNED_NOW, run_notebook
 
 RUNS = 3
 
@@ -38,6 +39,7 @@ def one_loop() -> dict:
     """Notebooks 01 to 05 on fresh state and free ports; what the monitor's records say about the loop."""
     for name in ("STAGING", "PROD"):  # never collide with endpoints a learner has running
         os.environ[f"MLOPS_{name}_PORT"] = str(free_port())
+    os.environ[PINNED_NOW_ENV] = PINNED_NOW  # as CI runs it
     with tempfile.TemporaryDirectory() as tmp:
         state, seconds, error = Path(tmp) / "state", {}, None
         try:

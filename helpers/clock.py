@@ -12,6 +12,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+PINNED_NOW_ENV = "MLOPS_PINNED_NOW"
+
+
+def pinned_now() -> float | None:
+    """The simulated "now" pinned by $MLOPS_PINNED_NOW (ISO-8601 UTC), or None: runs that must come out the same at
+    any hour (the tests, make demo) set it, and a learner who sets nothing sees the wall clock's market."""
+    value = os.environ.get(PINNED_NOW_ENV)
+    return as_unix(value, PINNED_NOW_ENV) if value else None
+
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)

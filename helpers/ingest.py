@@ -42,7 +42,8 @@ class IngestConfig:
     seed: int = 42
     backfill_days: float = 7.0  # simulator history before "now"
     speed: float = 60.0  # simulated seconds per wall second once live
-    now: float | str | None = None  # simulator: simulated "now" at the first start (default: the wall clock)
+    # simulator: the simulated "now" at the first start (default: $MLOPS_PINNED_NOW if set, else the wall clock)
+    now: float | str | None = None
     start: float | None = None  # simulator start, unix s (default: now - backfill_days)
     until: float | None = None  # simulator end, unix s (default: run forever)
     url: str | None = None  # blockchain poller URL (default: the blockchain.com API)
@@ -210,12 +211,20 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     return _wait_for_status(paths, process, wait_s)
 
 
+def first_now(now: float | str | None = None) -> float:
+    """The simulated "now" a first start uses: ``now`` if given, else $MLOPS_PINNED_NOW, else the wall clock."""
+    if now is not None:
+        return simclock.as_unix(now, "now")
+    pinned = simclock.pinned_now()
+    return time.time() if pinned is None else pinned
+
+
 def _save_new_config(paths: Paths, config: IngestConfig) -> None:
     """Save the stream's settings (and the simulator's clock) on a state directory's first start."""
     if paths.ingest_config.exists():
         return
     if config.source == "simulator":
-        clock = SimClock.starting_now(sim_now=config.now, speed=config.speed)
+        clock = SimClock.starting_now(sim_now=first_now(config.now), speed=config.speed)
         if config.start is None:
             config.start = (clock.anchor_sim - config.backfill_days * 86400) // 60 * 60
         clock.save(paths.clock)

@@ -15,19 +15,14 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 # A simulated "now" fixed in advance, for runs that must be the same at any hour: the market history, the features,
-# the model and the gate's decision depend on it, never on the wall clock.
+# the model and the gate's decision depend on it, never on the wall clock. The tests and make demo set it as
+# $MLOPS_PINNED_NOW (helpers.clock.pinned_now), which notebook 01's stream and notebook 03's data end default to.
 PINNED_NOW = "2026-11-30T12:00:00Z"
-# make demo: the notebooks' defaults (7 days of history), at the pinned instant.
-DEMO_PARAMETERS = {
-    "01_ingestion.ipynb": {"now": PINNED_NOW},
-    "03_train_deepar.ipynb": {"end": PINNED_NOW},
-}
 # CI mode: the pinned instant, and shorter watching and plotting. The model is the real one, on 7 days: training
 # time does not grow with the history, and the benchmarks measure the model and its gate on 7-day builds.
 CI_PARAMETERS = {
-    "01_ingestion.ipynb": {"speed": 60.0, "watch_seconds": 4, "now": PINNED_NOW},
+    "01_ingestion.ipynb": {"speed": 60.0, "watch_seconds": 4},
     "02_features.ipynb": {"hours": 6},
-    "03_train_deepar.ipynb": {"end": PINNED_NOW},
     "04_deploy.ipynb": {},
     "05_monitor.ipynb": {},
 }
@@ -60,14 +55,17 @@ def extract_figures(executed: Path, figure_dir: Path) -> list[Path]:
 
 
 def demo(notebooks: list[Path], out_dir: Path) -> None:
-    """Run every notebook in order in local mode, then stop the services they started."""
-    from helpers import services
+    """Run every notebook in order in local mode at the pinned instant, then stop the services they started."""
+    import os
 
+    from helpers import services
+    from helpers.clock import PINNED_NOW_ENV
+
+    os.environ.setdefault(PINNED_NOW_ENV, PINNED_NOW)  # the same run at any hour; the notebooks' kernels inherit it
     try:
         for notebook in notebooks:
             started = time.monotonic()
-            executed = run_notebook(Path(notebook), out_dir,
-                                    {"backend": "local", **DEMO_PARAMETERS.get(Path(notebook).name, {})})
+            executed = run_notebook(Path(notebook), out_dir, {"backend": "local"})
             figures = extract_figures(executed, out_dir / "figures")
             print(f"{Path(notebook).name}: ran in {time.monotonic() - started:.0f} s, {len(figures)} figures")
     finally:
