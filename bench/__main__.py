@@ -31,7 +31,7 @@ def main(names: list[str]) -> int:
         if not names or module.split(".")[-1] in names:
             records += run_module(module)
     print(table(records))
-    save(records)
+    save(records, RESULTS)
     print(f"\nwritten to {RESULTS}")
     failed = [r.name for r in records if not r.meets_target]
     if failed:

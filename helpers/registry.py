@@ -39,11 +39,6 @@ class ModelVersion:
     created_at: pd.Timestamp
     tags: dict
 
-    def baselines_beaten(self) -> list[str]:
-        """The baselines whose mean wQL on the same test windows is worse than this model's."""
-        score = self.metrics["mean_wQuantileLoss"]
-        return [name for name, metrics in self.baselines.items() if score < metrics["mean_wQuantileLoss"]]
-
 
 class ModelRegistry:
     def __init__(self, directory: Path):

@@ -1,4 +1,5 @@
 """Approval, the threshold rule, staging and production endpoints, the promotion guard, rollback."""
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -85,6 +86,10 @@ def test_approve_deploys_staging_smoke_tests_it_then_promote_deploys_prod(state)
         ["staging", 1, "InService", "ana"], ["prod", 1, "InService", "ben"]]
     prediction = deploy.invoke(state, "prod", deploy.deepar_request(deploy.latest_minutes(state, 300)))
     assert len(prediction["predictions"][0]["mean"]) == 30
+    assert registry.stage_aliases() == {"staging": 1, "prod": 1}  # what the MLflow UI shows
+    described = {int(v.version): v.description for v in registry.client.search_model_versions(f"name='{MODEL_GROUP}'")}
+    assert described[1] == "Approved: beats the baselines (by ana)"
+    assert described[2].startswith("PendingManualApproval: awaiting a decision")
 
 
 def test_the_promotion_guard_refuses_what_staging_has_not_proven(state):
@@ -115,8 +120,10 @@ def test_rollback_returns_an_endpoint_to_its_previous_version(state):
     deploy.approve(state, 1, by="ana", reason="first")
     deploy.approve(state, 2, by="ana", reason="second")
     assert deploy.describe(state, "staging")["ModelVersion"] == 2
+    assert ModelRegistry(Paths.at(state).registry).stage_aliases() == {"staging": 2}
     rolled = deploy.rollback(state, "staging", by="ana", reason="2 misbehaves")
     assert rolled["ModelVersion"] == 1 and rolled["EndpointStatus"] == "InService"
+    assert ModelRegistry(Paths.at(state).registry).stage_aliases() == {"staging": 1}  # the alias moved back too
 
 
 def test_an_endpoint_restarted_serves_the_same_version(state):
@@ -141,11 +148,20 @@ def test_a_deploy_that_fails_keeps_the_old_version_and_says_why(state):
     assert deploy.DeploymentLog(Paths.at(state)).history()["status"].tolist()[-1] == "Failed"
 
 
-def test_a_version_knows_which_baselines_it_beats(trained_state):
-    version = ModelRegistry(Paths.at(trained_state).registry).get(MODEL_GROUP, 1)
-    score = version.metrics["mean_wQuantileLoss"]
-    assert version.baselines_beaten() == [name for name, m in version.baselines.items()
-                                          if m["mean_wQuantileLoss"] > score]
+def test_with_nothing_pending_the_message_says_what_the_last_build_did(trained_state, tmp_path):
+    state = tmp_path / "state"
+    assert "no model has been built yet" in deploy.why_nothing_is_pending(Paths.at(state))
+    shutil.copytree(trained_state, state)
+    set_gate(state, 1e-6)
+    rejected = model_build.run(state, SMALL)
+    registry = ModelRegistry(Paths.at(state).registry)
+    for version in (1, 2):
+        registry.set_approval(MODEL_GROUP, version, "Rejected", by="ana", reason="test")
+    with pytest.raises(ValueError, match=f"the last model build \\({rejected.execution_id}\\) was rejected by the "
+                                         "quality gate: quality gate failed: mean wQL .* > threshold 0.0000"):
+        deploy.pending_version(state)
+    with pytest.raises(ValueError, match="staging and prod not InService: the last model build .* was rejected"):
+        deploy.require_in_service(state)
 
 
 def test_each_endpoint_captures_the_forecasts_it_served(state):
