@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ class BuildSettings:
     n_validation_windows: int = 4  # validation: the windows just before the test windows
     seed: int = 42
     num_samples: int = 100
+    # The network trains on only this many hours before the validation windows (None: all of training_days); the
+    # baselines and the test windows are unchanged. A retrain after a regime change learns the new market alone.
+    recent_training_hours: float | None = None
 
     def __post_init__(self):
         for name in ("n_test_windows", "n_validation_windows", "num_samples"):
@@ -49,6 +52,10 @@ class BuildSettings:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
         if self.training_days <= 0:
             raise ValueError(f"training_days={self.training_days}: must be positive")
+
+    def to_parameters(self) -> dict:
+        """Every setting, as the execution records it: enough to rebuild exactly the same model."""
+        return {**asdict(self), "hyperparameters": self.hyperparameters.to_dict()}
 
     @classmethod
     def from_parameters(cls, parameters: dict) -> "BuildSettings":
@@ -119,8 +126,11 @@ def train(ctx: dict) -> dict:
     settings: BuildSettings = ctx["settings"]
     series, started = ctx["series"], time.perf_counter()
     log.info("training DeepAR on %s, seed %d", deepar.device(), settings.seed)
-    result = deepar.train(settings.hyperparameters, ctx["series_start"], series[:ctx["train_end"]],
-                          [series[:end] for end in ctx["validation_ends"]], settings.seed, ctx["artifacts"] / "train")
+    first = 0 if settings.recent_training_hours is None else max(0, ctx["train_end"] - int(
+        settings.recent_training_hours * 60))  # the network learns from the recent past only (retrains)
+    result = deepar.train(settings.hyperparameters, ctx["series_start"] + pd.Timedelta(minutes=first),
+                          series[first:ctx["train_end"]], [series[first:end] for end in ctx["validation_ends"]],
+                          settings.seed, ctx["artifacts"] / "train")
     ctx["predictor"] = result.predictor
     ctx["model_dir"] = deepar.save(result.predictor, ctx["artifacts"] / "model")
     log.info("trained %d epochs%s, best validation loss %.4f", result.epochs_run,
@@ -212,9 +222,7 @@ def run(state_dir=None, settings: BuildSettings | None = None) -> Execution:
     """Run the model build pipeline on the latest data; returns its execution record."""
     paths, settings = Paths.at(state_dir), settings or BuildSettings()
     ensure_model_build_defaults(ParameterStore(paths.params))  # a fresh state directory: the gate's defaults
-    parameters = {"hyperparameters": settings.hyperparameters.to_dict(), "training_days": settings.training_days,
-                  "end": settings.end, "n_test_windows": settings.n_test_windows,
-                  "n_validation_windows": settings.n_validation_windows, "seed": settings.seed}
+    parameters = settings.to_parameters()
     execution = Pipeline("model-build", STEPS).run(ExecutionStore(paths.pipelines), parameters,
                                                    context={"settings": settings, "paths": paths})
     _log_build(paths, execution)

@@ -465,13 +465,54 @@ def wait_for_alarm(state_dir=None, timeout_s: float = 300) -> pd.DataFrame:
     return alarm_history(state_dir)
 
 
-def wait_for_retrain(state_dir=None, outcome: str = "Deployed", timeout_s: float = 600) -> pd.Series:
-    """Block until a retrain ends with ``outcome`` (Deployed; PendingManualApproval without auto_approve)."""
+def wait_for_retrain(state_dir=None, outcome: str = "Deployed", timeout_s: float = 600,
+                     within_hours: float | None = None) -> pd.Series | None:
+    """Block until a retrain ends with ``outcome`` (Deployed; PendingManualApproval without auto_approve). With
+    ``within_hours``: None once that much event time has passed since the first alarm with none that did (every
+    retrain rejected by the quality gate, say): an outcome to report, not an error."""
+    paths = Paths.at(state_dir)
+
     def ended():
         frame = retrains(state_dir)
         done = frame[frame["status"] == outcome]
-        return done.iloc[-1] if len(done) else None
-    return _wait(state_dir, ended, f"a retrain {outcome}", timeout_s)
+        if len(done):
+            return done.iloc[-1]
+        fired = alarm_history(state_dir).query("new_state == 'ALARM'")["at"]
+        late = within_hours is not None and len(fired) and \
+            SharedClock(paths.clock).now() > fired.min().timestamp() + within_hours * HOUR
+        return GAVE_UP if late and not in_flight(frame) else None
+    result = _wait(state_dir, ended, f"a retrain {outcome}", timeout_s)
+    return None if result is GAVE_UP else result
+
+
+GAVE_UP = object()  # wait_for_retrain's predicate: time is up, and no retrain is still running
+
+
+def in_flight(requests: pd.DataFrame) -> bool:
+    return bool(requests["status"].isin(["Requested", "Executing"]).any())
+
+
+def loop_summary(state_dir, first_version: int, drift_at: pd.Timestamp, stage: str = "prod") -> str:
+    """How the stale version did after the drift, and how the version serving now does, hour by hour means."""
+    frame = timeline(state_dir)
+    hours = frame[(frame["stage"] == stage) & frame["wql"].notna()]
+    stale = hours[(hours["hour"] >= drift_at.floor("h")) & (hours["versions"] == f"[{first_version}]")]
+    text = f"{stage}, version {first_version} after the drift: mean hourly wQL {stale['wql'].mean():.3f} over " \
+           f"{len(stale)} hours"
+    latest = hours.tail(2)
+    if len(latest) and (latest["versions"] != f"[{first_version}]").all():
+        text += f"; {latest['versions'].iloc[-1]} now: {latest['wql'].mean():.3f} over its last {len(latest)} hours"
+    return text
+
+
+def retrain_report(state_dir=None) -> str:
+    """Each retrain started, and how it ended (the quality gate's verdict with its numbers for a rejection)."""
+    started = retrains(state_dir).query("status != 'Skipped'")
+    lines = [f"{row.requested_sim:%H:%M} UTC: {row.status}" + (f", version {int(row.model_version)}"
+                                                               if pd.notna(row.model_version) else "") +
+             (f": {json.loads(row.detail)['why'].removeprefix('QualityGate: ')}" if "why" in row.detail else "")
+             for row in started.itertuples()]
+    return "\n".join(lines) or "no retrain has started"
 
 
 def _wait(state_dir, predicate, what: str, timeout_s: float):

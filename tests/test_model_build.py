@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,9 +77,9 @@ def test_the_same_data_and_seed_give_exactly_the_same_metrics_in_any_process(sta
     set_gate(state, 1.0)
     first = model_build.run(state, SMALL)
     in_another_process = subprocess.run(
-        [sys.executable, "-c", "import sys, json; from test_model_build import SMALL; from helpers import model_build;"
-                               "print(json.dumps(model_build.run(sys.argv[1], SMALL).outputs))", str(state)],
-        capture_output=True, text=True, timeout=300, check=True, cwd=Path(__file__).parent)
+        [sys.executable, "-c", "import sys, json; from helpers import model_build as m; print(json.dumps(m.run("
+                               "sys.argv[1], m.BuildSettings.from_parameters(json.loads(sys.argv[2]))).outputs))",
+         str(state), json.dumps(first.parameters)], capture_output=True, text=True, timeout=300, check=True)
     second = json.loads(in_another_process.stdout.strip().splitlines()[-1])
     metrics = ("mean_wQuantileLoss", "best_validation_loss", "baselines_mean_wQuantileLoss", "epochs_run")
     assert {k: first.outputs[k] for k in metrics} == {k: second[k] for k in metrics}  # exactly, not approximately
