@@ -30,7 +30,7 @@ from helpers.sources.simulator import SimulatorConfig, TransactionModel
 WEEK_START = 1_767_571_200  # 2026-01-05T00:00Z: a fixed week, so every run trains on the same data
 SEED = 42
 BUILDS = 24
-GATE_STUDY = 96
+GATE_STUDY = 72
 YEAR_START = 1_767_225_600  # 2026-01-01T00:00Z
 ORACLE_PATHS = 400
 WORSE_FACTOR = 1.5  # a clearly worse forecast: every quantile 50 % too high

@@ -42,9 +42,6 @@ class BuildSettings:
     n_validation_windows: int = 4  # validation: the windows just before the test windows
     seed: int = 42
     num_samples: int = 100
-    # The network trains on only this many hours before the validation windows (None: all of training_days); the
-    # baselines and the test windows are unchanged. A retrain after a regime change learns the new market alone.
-    recent_training_hours: float | None = None
 
     def __post_init__(self):
         for name in ("n_test_windows", "n_validation_windows", "num_samples"):
@@ -126,11 +123,8 @@ def train(ctx: dict) -> dict:
     settings: BuildSettings = ctx["settings"]
     series, started = ctx["series"], time.perf_counter()
     log.info("training DeepAR on %s, seed %d", deepar.device(), settings.seed)
-    first = 0 if settings.recent_training_hours is None else max(0, ctx["train_end"] - int(
-        settings.recent_training_hours * 60))  # the network learns from the recent past only (retrains)
-    result = deepar.train(settings.hyperparameters, ctx["series_start"] + pd.Timedelta(minutes=first),
-                          series[first:ctx["train_end"]], [series[first:end] for end in ctx["validation_ends"]],
-                          settings.seed, ctx["artifacts"] / "train")
+    result = deepar.train(settings.hyperparameters, ctx["series_start"], series[:ctx["train_end"]],
+                          [series[:end] for end in ctx["validation_ends"]], settings.seed, ctx["artifacts"] / "train")
     ctx["predictor"] = result.predictor
     ctx["model_dir"] = deepar.save(result.predictor, ctx["artifacts"] / "model")
     log.info("trained %d epochs%s, best validation loss %.4f", result.epochs_run,
