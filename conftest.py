@@ -56,15 +56,17 @@ def make_events(rows) -> np.ndarray:
 
 
 def snapshot_feature_store(state: Path, destination: Path) -> Path:
-    """A consistent copy of a live feature store (the stream may be writing): Parquet files as they are, the
-    SQLite catalog through SQLite's backup API. Returns the state directory holding the copy."""
+    """A consistent copy of a live feature store (the stream may be writing): the SQLite catalog first, through
+    SQLite's backup API, then the Parquet files, so every file the copied catalog lists is there (a file is written
+    before it is listed, and a replaced one is kept for a retention period). Returns the copy's state directory."""
     import sqlite3
 
     source, target = Path(state) / "feature_store", Path(destination) / "feature_store"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.db", "*.db-wal", "*.db-shm"))
+    target.mkdir(parents=True)
     for db in source.glob("*.db"):
         with sqlite3.connect(db) as live, sqlite3.connect(target / db.name) as copy:
             live.backup(copy)
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
     return Path(destination)
 
 

@@ -149,8 +149,8 @@ def test_a_deploy_that_fails_keeps_the_old_version_and_says_why(state):
 
 
 def test_with_nothing_pending_the_message_says_what_the_last_build_did(trained_state, tmp_path):
+    assert "no model has been built yet" in deploy.why_nothing_is_pending(Paths.at(tmp_path / "fresh"))
     state = tmp_path / "state"
-    assert "no model has been built yet" in deploy.why_nothing_is_pending(Paths.at(state))
     shutil.copytree(trained_state, state)
     set_gate(state, 1e-6)
     rejected = model_build.run(state, SMALL)

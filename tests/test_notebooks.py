@@ -98,6 +98,7 @@ def check_the_build_is_reproducible(state, elsewhere) -> None:
     first = store.get(store.list("model-build", limit=1)["execution_id"].iloc[0])
     again = model_build.run(snapshot_feature_store(state, elsewhere), model_build.BuildSettings.from_parameters(
         first.parameters))
+    assert again.status == first.status, again.failure_reason
     for key in ("mean_wQuantileLoss", "baselines_mean_wQuantileLoss", "best_validation_loss", "epochs_run",
                 "data_start", "data_end", "gate"):
         assert again.outputs[key] == first.outputs[key], key

@@ -167,9 +167,15 @@ def _partition(event_time: float) -> tuple[str, str]:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     """Readers see the whole file or none of it: write aside, fsync, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    for attempt in range(3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pq.write_table(table, tmp)
+            break
+        except FileNotFoundError:  # a concurrent vacuum removed the directory while it was still empty
+            if attempt == 2:
+                raise
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
