@@ -127,6 +127,19 @@ def request(paths: Paths, requested_by: str, reason: str) -> str:
     return "started"
 
 
+def stop(paths: Paths, timeout_s: float = 30) -> None:
+    """Stop the retrain in flight, one requested moments ago included: it is given the time to take its lock (and
+    write its pid) first, so a retrain an alarm started just before a teardown is not left running."""
+    retrains = RetrainLog(paths)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while retrains.starting() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        retrains.close()
+    daemon.terminate(paths.monitoring / "retrain.pid")
+
+
 def _skip(retrains: RetrainLog, requested_by: str, reason: str, why: str) -> str:
     retrains.add(requested_by, reason, "Skipped", why=why)
     log.info("retrain not started (%s): %s", why, reason)

@@ -1,7 +1,7 @@
 """Every local background service at once: what is running, and a teardown that stops it all."""
 from __future__ import annotations
 
-from helpers import daemon, deploy, ingest, monitor
+from helpers import daemon, deploy, ingest, monitor, retrain
 from helpers.config import Paths
 
 
@@ -19,7 +19,7 @@ def stop_all(state_dir=None) -> list[str]:
     checkpoint); returns what is still running: nothing, unless a process refused to die."""
     paths = Paths.at(state_dir)
     monitor.stop(paths.root)
-    daemon.terminate(paths.monitoring / "retrain.pid")
+    retrain.stop(paths)
     deploy.stop_endpoints(paths.root)
     ingest.stop(paths.root)
     return running(paths.root)
