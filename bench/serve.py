@@ -16,7 +16,7 @@ from helpers import daemon, deepar, deploy, ingest, model_build
 from helpers.config import Paths
 from helpers.metrics import DEFAULT_QUANTILES
 from helpers.notebooks import PINNED_NOW
-from helpers.params import WQL_THRESHOLD, ParameterStore
+from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
 from helpers.registry import MODEL_GROUP, ModelRegistry
 
 REQUESTS_1_CLIENT = 200
@@ -28,11 +28,15 @@ def run() -> list[Record]:
         for name in deploy.ENDPOINTS:
             os.environ[f"MLOPS_{name.upper()}_PORT"] = str(daemon.free_port())
         ingest.backfill(tmp, days=2.0, now=PINNED_NOW, progress=False)
-        ParameterStore(Paths.at(tmp).params).put(WQL_THRESHOLD, 10.0, by="bench")
+        params = ParameterStore(Paths.at(tmp).params)  # a short training times inference; the gate must not judge it
+        params.put(WQL_THRESHOLD, 10.0, by="bench")
+        params.put(BASELINE_MARGIN, 100.0, by="bench")
         quick = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=2), training_days=1.9,
                                           n_test_windows=4)
         for seed in (1, 2):  # the default architecture; a short training is enough to time inference
-            model_build.run(tmp, replace(quick, seed=seed))
+            build = model_build.run(tmp, replace(quick, seed=seed))
+            if not build.succeeded:
+                raise RuntimeError(f"the model build for the benchmark failed: {build.failure_reason}")
         deploy.approve(tmp, 1, by="bench", reason="latency benchmark")
         try:
             return _measure(tmp)
@@ -86,7 +90,7 @@ def _load(endpoint: str, request: dict, stop: threading.Event | None = None) -> 
                     errors[0] += not ok
                 sent += 1
 
-    threads = [threading.Thread(target=client_loop) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(CLIENTS)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -101,13 +105,15 @@ def _swap_under_load(state: str, endpoint: str, request: dict) -> int:
     loader = threading.Thread(target=lambda: result.update(zip(("latencies", "errors", "s"),
                                                                _load(endpoint, request, stop))))
     loader.start()
-    time.sleep(1.0)
-    ModelRegistry(Paths.at(state).registry).set_approval(MODEL_GROUP, 2, "Approved", by="bench", reason="swap")
-    deploy.deploy(state, "staging", 2, by="bench", reason="swap under load")
-    deploy.rollback(state, "staging", by="bench", reason="swap back under load")
-    time.sleep(1.0)
-    stop.set()
-    loader.join()
+    try:
+        time.sleep(1.0)
+        ModelRegistry(Paths.at(state).registry).set_approval(MODEL_GROUP, 2, "Approved", by="bench", reason="swap")
+        deploy.deploy(state, "staging", 2, by="bench", reason="swap under load")
+        deploy.rollback(state, "staging", by="bench", reason="swap back under load")
+        time.sleep(1.0)
+    finally:  # a failed swap must not leave 16 clients hammering a stopped endpoint, and python never exiting
+        stop.set()
+        loader.join()
     return int(result["errors"])
 
 

@@ -16,7 +16,7 @@ from bench.common import Record
 from helpers import monitor, services
 from helpers.clock import PINNED_NOW_ENV
 from helpers.daemon import free_port
-from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, PINNED_NOW, run_notebook
+from helpers.notebooks import PINNED_NOW, ci_runs, run_notebook
 
 RUNS = 3
 
@@ -43,11 +43,10 @@ def one_loop() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state, seconds, error = Path(tmp) / "state", {}, None
         try:
-            for name, parameters in CI_PARAMETERS.items():
+            for notebook, parameters in ci_runs():
                 started = time.perf_counter()
-                run_notebook(NOTEBOOK_DIR / name, Path(tmp) / "out", {"backend": "local", "state_dir": str(state),
-                                                                      **parameters})
-                seconds[name] = round(time.perf_counter() - started, 1)
+                run_notebook(notebook, Path(tmp) / "out", {"backend": "local", "state_dir": str(state), **parameters})
+                seconds[notebook.name] = round(time.perf_counter() - started, 1)
         except Exception as failure:  # a loop that did not close is a result, and the next run still runs
             error = "".join(traceback.format_exception_only(failure)).strip()[-2000:]
         finally:

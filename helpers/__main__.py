@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -136,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
             _print(open_tx_per_minute(Paths.at(args.state_dir).feature_store).compact())
         elif args.command == "reset":
-            ingest.reset(args.state_dir)
+            from helpers import services
+
+            services.reset(args.state_dir)
         elif args.command == "drift":
             _print(ingest.inject_drift(args.state_dir, fee_factor=args.fee_factor))
         elif args.command in ("train", "runs", "models", "param", "mlflow-ui"):
@@ -191,17 +192,13 @@ def _deploy_command(args) -> int:
     from helpers import deploy
 
     if args.command == "serve-endpoint":
-        from helpers import serving
+        from helpers import daemon, serving
         from helpers.config import Paths
 
         paths = Paths.at(args.state_dir)
-        pid_file = deploy.pid_file(paths, args.endpoint)
-        pid_file.write_text(str(os.getpid()))
-        try:
+        with daemon.holding_pid_file(paths.pid_file(f"endpoint-{args.endpoint}"), f"endpoint {args.endpoint!r}"):
             serving.serve(args.endpoint, deploy.ports(paths)[args.endpoint], deploy.state_file(paths, args.endpoint),
                           capture_dir=deploy.capture_dir(paths, args.endpoint))
-        finally:
-            pid_file.unlink(missing_ok=True)
         return 0
     if args.command in ("approve", "reject", "promote"):
         action = {"approve": deploy.approve, "reject": deploy.reject, "promote": deploy.promote}[args.command]

@@ -11,6 +11,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("local", "aws")
+# Every local background service, in the order a teardown stops them: the monitor first (it starts nothing new),
+# the stream last (after its checkpoint).
+SERVICES = ("monitor", "retrain", "endpoint-staging", "endpoint-prod", "ingest")
 
 
 def default_state_dir() -> Path:
@@ -65,9 +68,11 @@ class Paths:
     def drifts(self) -> Path:
         return self.root / "drifts.json"
 
-    @property
-    def ingest_pid(self) -> Path:
-        return self.root / "ingest.pid"
+    def pid_file(self, service: str) -> Path:
+        """The pid file of a background service (one of SERVICES), held by the service's own process."""
+        if service not in SERVICES:
+            raise ValueError(f"service {service!r}: use one of {SERVICES}")
+        return self.root / "run" / f"{service}.pid"
 
     @property
     def ingest_status(self) -> Path:
@@ -88,12 +93,12 @@ class Paths:
 
     @property
     def endpoints(self) -> Path:
-        """Endpoint processes: ports (config.json), pid and state files, deployment history."""
+        """Endpoint processes: ports (config.json), state files, deployment history, data capture."""
         return self.root / "endpoints"
 
     @property
     def monitoring(self) -> Path:
-        """The hourly monitor: its forecasts ledger, metrics and alarms (the CloudWatch twin), retrains, pid."""
+        """The hourly monitor: its forecasts ledger, metrics and alarms (the CloudWatch twin), retrains."""
         return self.root / "monitoring"
 
     @property

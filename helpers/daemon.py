@@ -1,18 +1,22 @@
-"""Background processes for the local twin: spawn detached, track by pid file, stop with SIGTERM.
+"""Background processes for the local twin, one lifecycle for every service (the stream, both endpoints, the
+monitor, a retrain): spawn detached, wait until it is up, track it by pid file, stop it with SIGTERM.
 
 A daemon runs ``python -m helpers --state-dir DIR <command>`` in its own
 session, so it outlives the notebook kernel or shell that started it. It
-writes its pid file itself and removes it on a clean exit; a pid file whose
-process is gone means it crashed.
+holds its pid file itself (:func:`holding_pid_file`) and removes it on a clean
+exit; a pid file whose process is gone means it crashed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 def spawn(state_dir: Path, command: list[str], output: Path) -> subprocess.Popen:
@@ -24,6 +28,46 @@ def spawn(state_dir: Path, command: list[str], output: Path) -> subprocess.Popen
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: it outlives the kernel that started it
         )
+
+
+def start(state_dir: Path, command: list[str], output: Path, is_up: Callable[[subprocess.Popen], bool],
+          wait_s: float, what: str) -> subprocess.Popen:
+    """Spawn ``python -m helpers <command...>`` and wait until ``is_up(process)``; a clear error, naming the output
+    file to read, if it exits first or takes longer than ``wait_s``."""
+    process = spawn(state_dir, command, output)
+    deadline = time.monotonic() + wait_s
+    while not is_up(process):
+        if process.poll() is not None:
+            raise RuntimeError(f"the {what} exited at start (code {process.returncode}); see {output}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {what} did not come up within {wait_s:.0f} s; see {output}")
+        time.sleep(0.1)
+    return process
+
+
+@contextmanager
+def holding_pid_file(pid_file: Path, what: str) -> Iterator[None]:
+    """In the service's own process: refuse to run beside a live twin, hold the pid file, remove it on exit."""
+    other = read_pid(pid_file)
+    if alive(other) and other != os.getpid():
+        raise SystemExit(f"another {what} is running (pid {other}); stop it first")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+def log_to(path: Path) -> None:
+    """A service's log: INFO and up, one line per record, times in UTC like everything else."""
+    logging.basicConfig(filename=path, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    logging.Formatter.converter = time.gmtime
+
+
+def running(pid_file: Path) -> bool:
+    return alive(read_pid(pid_file))
 
 
 def read_pid(pid_file: Path) -> int | None:

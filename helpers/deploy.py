@@ -30,7 +30,7 @@ from helpers import daemon
 from helpers.clock import write_json_atomic
 from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
-from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
+from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
 from helpers.pipeline import ExecutionStore
 from helpers.registry import MODEL_GROUP, ModelRegistry, ModelVersion
@@ -76,28 +76,24 @@ def capture_dir(paths: Paths, name: str) -> Path:
     return paths.endpoints / "capture" / name
 
 
-def pid_file(paths: Paths, name: str) -> Path:
-    return paths.endpoints / f"{name}.pid"
-
-
 def start_endpoint(state_dir=None, name: str = "staging", wait_s: float = 60) -> dict:
     """Start the endpoint's process if it is not running; returns its description."""
     paths = Paths.at(state_dir)
     _check_name(name)
-    if not daemon.alive(daemon.read_pid(pid_file(paths, name))):
+    if not daemon.running(paths.pid_file(f"endpoint-{name}")):
         port = ports(paths)[name]
         if _port_in_use(port):
             raise RuntimeError(f"port {port} for endpoint {name!r} is in use by another program: set "
                                f"MLOPS_{name.upper()}_PORT before the first start, or edit "
                                f"{paths.endpoints / 'config.json'}")
-        process = daemon.spawn(paths.root, ["serve-endpoint", name], paths.root / "logs" / f"endpoint-{name}.out")
-        _wait_until_up(paths, name, process, wait_s)
+        daemon.start(paths.root, ["serve-endpoint", name], paths.root / "logs" / f"endpoint-{name}.out",
+                     lambda _: _answers(paths, name), wait_s, f"endpoint {name!r}")
     return describe(paths.root, name)
 
 
 def stop_endpoint(state_dir=None, name: str = "staging") -> dict:
     paths = Paths.at(state_dir)
-    daemon.terminate(pid_file(paths, name))
+    daemon.terminate(paths.pid_file(f"endpoint-{name}"))
     return describe(paths.root, name)
 
 
@@ -110,23 +106,18 @@ def describe(state_dir=None, name: str = "staging") -> dict:
     """DescribeEndpoint: status (Creating, InService, Updating, Failed; OutOfService when its process is down),
     the model version, and since when."""
     paths = Paths.at(state_dir)
-    if daemon.alive(daemon.read_pid(pid_file(paths, name))):
+    if daemon.running(paths.pid_file(f"endpoint-{name}")):
         return httpx.get(f"{url(paths, name)}/admin/describe", timeout=10).json()
     saved = json.loads(state_file(paths, name).read_text()) if state_file(paths, name).exists() else {}
     return {**saved, "EndpointName": name, "EndpointStatus": "OutOfService"}
 
 
-def _wait_until_up(paths: Paths, name: str, process, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"endpoint {name!r} exited at start; see {paths.root / 'logs' / f'endpoint-{name}.out'}")
-        try:
-            httpx.get(f"{url(paths, name)}/admin/describe", timeout=1).raise_for_status()
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(f"endpoint {name!r} did not come up within {wait_s} s")
+def _answers(paths: Paths, name: str) -> bool:
+    try:
+        httpx.get(f"{url(paths, name)}/admin/describe", timeout=1).raise_for_status()
+        return True
+    except httpx.HTTPError:
+        return False
 
 
 def _port_in_use(port: int) -> bool:
@@ -350,13 +341,13 @@ def _promotion_guard(paths: Paths, version: int) -> None:
 # ---------------------------------------------------------------- invoking, smoke test
 
 
-def deepar_request(history: pd.Series, num_samples: int = 100, quantiles=DEFAULT_QUANTILES,
+def deepar_request(history: pd.Series, num_samples: int = 100, quantiles=QUANTILE_NAMES,
                    output_types=("mean", "quantiles")) -> dict:
     """A SageMaker DeepAR request for one series; gaps are sent as "NaN"."""
     return {"instances": [{"start": history.index[0].strftime("%Y-%m-%d %H:%M:%S"),
                            "target": [float(v) if np.isfinite(v) else "NaN" for v in history.to_numpy(float)]}],
             "configuration": {"num_samples": num_samples, "output_types": list(output_types),
-                              "quantiles": [str(q) for q in quantiles]}}
+                              "quantiles": list(quantiles)}}
 
 
 def invoke(state_dir=None, name: str = "staging", request: dict | None = None) -> dict:
@@ -371,11 +362,10 @@ def invoke(state_dir=None, name: str = "staging", request: dict | None = None) -
 def latest_minutes(state_dir=None, minutes: int = SMOKE_HISTORY_MINUTES) -> pd.Series:
     """The newest ``minutes`` of avg_fee from the feature store, on the complete grid."""
     features = open_tx_per_minute(Paths.at(state_dir).feature_store)
-    newest = pd.Timestamp(features.latest_online(1)[0]["window_start"], unit="s", tz="UTC")
-    series = features.training_dataset(newest - pd.Timedelta(minutes=minutes - 1), newest + pd.Timedelta(minutes=1),
-                                       features=["avg_fee"]).frame["avg_fee"]
-    features.close()
-    return series
+    try:
+        return features.recent("avg_fee", minutes)
+    finally:
+        features.close()
 
 
 def smoke_test(state_dir=None, name: str = "staging") -> dict:
@@ -392,15 +382,15 @@ def smoke_test(state_dir=None, name: str = "staging") -> dict:
     started = time.perf_counter()
     prediction = invoke(paths.root, name, deepar_request(series.iloc[:-horizon]))["predictions"][0]
     latency = time.perf_counter() - started
-    quantiles = np.array([prediction["quantiles"][str(q)] for q in DEFAULT_QUANTILES])
+    quantiles = np.array([prediction["quantiles"][q] for q in QUANTILE_NAMES])
     bound = max(SMOKE_WQL_FLOOR, SMOKE_WQL_FACTOR * model.metrics["mean_wQuantileLoss"])
     checks = {
-        "shape": quantiles.shape == (len(DEFAULT_QUANTILES), horizon) and len(prediction["mean"]) == horizon,
+        "shape": quantiles.shape == (len(QUANTILE_NAMES), horizon) and len(prediction["mean"]) == horizon,
         "finite": bool(np.isfinite(quantiles).all()),
         "quantiles_ordered": bool((np.diff(quantiles, axis=0) >= -1e-9).all()),
     }
     actuals = series.iloc[-horizon:].to_numpy(float)
-    forecasts = {"mean": np.array(prediction["mean"]), **{str(q): row for q, row in zip(DEFAULT_QUANTILES, quantiles)}}
+    forecasts = {"mean": np.array(prediction["mean"]), **dict(zip(QUANTILE_NAMES, quantiles))}
     wql = mean_weighted_quantile_loss(actuals, forecasts) if checks["shape"] and checks["finite"] else float("inf")
     checks["loss_sane"] = wql <= bound
     result = {"endpoint": name, "model_version": version, "passed": all(checks.values()), "checks": checks,

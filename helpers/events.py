@@ -18,7 +18,6 @@ import numpy as np
 EVENT_DTYPE = np.dtype(
     [("hash", "u1", (32,)), ("time", "<i8"), ("fee", "<i8"), ("size", "<i8"), ("weight", "<i8")]
 )
-EVENT_FIELDS = ("hash", "time", "fee", "size", "weight")
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 GENESIS_TIME = 1231006505  # 2009-01-03, the first Bitcoin block

@@ -174,22 +174,12 @@ class Service:
 def serve(state_dir: str | Path | None = None) -> None:
     """Run the service in the foreground until SIGTERM or SIGINT (what ``start`` spawns)."""
     paths = Paths.at(state_dir)
-    logging.basicConfig(
-        filename=paths.ingest_log, level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
-    )
-    logging.Formatter.converter = time.gmtime  # log lines in UTC, like everything else
-    other = daemon.read_pid(paths.ingest_pid)
-    if daemon.alive(other) and other != os.getpid():
-        raise SystemExit(f"another ingestion service is running (pid {other}); stop it first")
-    paths.ingest_pid.write_text(str(os.getpid()))
-    service = Service(paths)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.stop.set())
-    try:
+    daemon.log_to(paths.ingest_log)
+    with daemon.holding_pid_file(paths.pid_file("ingest"), "ingestion service"):
+        service = Service(paths)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: service.stop.set())
         service.run()
-    finally:
-        paths.ingest_pid.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- control from a notebook or shell
@@ -202,13 +192,19 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     that stream and ignore new settings (use :func:`reset` to start over).
     """
     paths = Paths.at(state_dir)
-    if daemon.alive(daemon.read_pid(paths.ingest_pid)):
+    if daemon.running(paths.pid_file("ingest")):
         return status(paths.root)
     if paths.ingest_config.exists() and settings:
         log.warning("state %s exists: resuming its stream, ignoring %s", paths.root, sorted(settings))
     _save_new_config(paths, IngestConfig(**settings))
-    process = daemon.spawn(paths.root, ["serve-ingest"], paths.root / "logs" / "ingest.out")
-    return _wait_for_status(paths, process, wait_s)
+
+    def reporting_running(process) -> bool:  # its own status, not one a crashed predecessor left
+        current = status(paths.root)
+        return current.get("pid") == process.pid and current.get("state") == "running"
+
+    daemon.start(paths.root, ["serve-ingest"], paths.root / "logs" / "ingest.out", reporting_running, wait_s,
+                 "ingestion service")
+    return status(paths.root)
 
 
 def first_now(now: float | str | None = None) -> float:
@@ -231,23 +227,10 @@ def _save_new_config(paths: Paths, config: IngestConfig) -> None:
     write_json_atomic(paths.ingest_config, asdict(config))
 
 
-def _wait_for_status(paths: Paths, process, wait_s: float) -> dict:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the ingestion service exited at start (code {process.returncode}); "
-                               f"see {paths.root / 'logs' / 'ingest.out'}")
-        current = status(paths.root)
-        if current.get("pid") == process.pid and current.get("state") == "running":
-            return current
-        time.sleep(0.1)
-    raise TimeoutError(f"the ingestion service did not report within {wait_s} s; see {paths.ingest_log}")
-
-
 def stop(state_dir: str | Path | None = None, timeout_s: float = 30) -> dict:
     """SIGTERM the service and wait for it to finish its checkpoint; SIGKILL only past ``timeout_s``."""
     paths = Paths.at(state_dir)
-    if daemon.terminate(paths.ingest_pid, timeout_s):
+    if daemon.terminate(paths.pid_file("ingest"), timeout_s):
         log.warning("the ingestion service ignored SIGTERM for %.0f s and was killed", timeout_s)
     return status(paths.root)
 
@@ -257,29 +240,12 @@ def status(state_dir: str | Path | None = None) -> dict:
     paths = Paths.at(state_dir)
     never = {"state": "never started"}
     current = json.loads(paths.ingest_status.read_text()) if paths.ingest_status.exists() else never
-    running = daemon.alive(daemon.read_pid(paths.ingest_pid))
+    running = daemon.running(paths.pid_file("ingest"))
     if not running and current.get("state") == "running":
         current["state"] = "crashed"  # it reported running but its process is gone
     current["running"] = running
     current["state_dir"] = str(paths.root)
     return current
-
-
-def reset(state_dir: str | Path | None = None) -> None:
-    """Stop every local service and delete what they made (stream, features, models, endpoints): a fresh start."""
-    import shutil
-
-    from helpers import services
-
-    paths = Paths.at(state_dir)
-    services.stop_all(paths.root)
-    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "monitoring", "params.db",
-                 "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
-        target = paths.root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
 
 
 def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int = 42, progress: bool = True,
@@ -295,7 +261,7 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
     from tqdm.auto import tqdm
 
     paths = Paths.at(state_dir)
-    if daemon.alive(daemon.read_pid(paths.ingest_pid)):
+    if daemon.running(paths.pid_file("ingest")):
         raise RuntimeError("the ingestion service is running and backfills by itself; stop it first")
     _save_new_config(paths, IngestConfig(source="simulator", seed=seed, backfill_days=days, start=start, now=now))
     config = IngestConfig(**json.loads(paths.ingest_config.read_text()))

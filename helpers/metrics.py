@@ -8,6 +8,8 @@ every sum and count; forecasts may hold anything there.
 import numpy as np
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The same levels as DeepAR's JSON spells them: the keys of "quantiles" in a request and a response.
+QUANTILE_NAMES = tuple(str(q) for q in DEFAULT_QUANTILES)
 
 
 def _observed(actuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -73,11 +73,11 @@ def extract(ctx: dict) -> dict:
     """Read one row per minute of the target from the feature store, on a complete grid."""
     settings: BuildSettings = ctx["settings"]
     features = open_tx_per_minute(ctx["paths"].feature_store)
-    newest = features.latest_online(1)
-    if not newest:
+    newest = features.newest_slot()
+    if newest is None:
         raise ValueError("the feature store is empty: start the stream first (notebook 01 or python -m helpers start)")
-    end_s = newest[0]["window_start"] + 60 if settings.end is None else as_unix(settings.end, "end")
-    end = pd.Timestamp(end_s, unit="s", tz="UTC")
+    end = newest + pd.Timedelta(minutes=1) if settings.end is None else \
+        pd.Timestamp(as_unix(settings.end, "end"), unit="s", tz="UTC")
     first_held = features.time_range()[0]  # minutes before the stream began are not gaps: they never existed
     dataset = features.training_dataset(max(end - pd.Timedelta(days=settings.training_days), first_held), end,
                                         features=[TARGET])

@@ -29,17 +29,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 
 from helpers import alarms, daemon, deploy
+from helpers.aggregator import WindowConfig
 from helpers.clock import SharedClock, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.deploy import ENDPOINTS, capture_dir
 from helpers.feature_store import open_tx_per_minute
-from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
+from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
+from helpers.monitor_config import MonitorConfig
 from helpers.params import WQL_THRESHOLD, ParameterStore
 from helpers.serving import read_capture_file
 from helpers.sqlite import SQLiteFile
@@ -47,41 +49,7 @@ from helpers.sqlite import SQLiteFile
 log = logging.getLogger("helpers.monitor")
 
 HOUR = 3600
-ALLOWED_LATENESS_S = 300  # the stream revises a minute up to 5 minutes after it closed
 LOOP_INTERVAL_S = 0.5  # wall seconds between checks for a matured hour
-
-
-@dataclass
-class MonitorConfig:
-    """The monitor's settings; saved on its first start, like the stream's."""
-
-    forecast_every_minutes: int = 10  # the application asks each endpoint for a forecast this often
-    history_minutes: int = 1440  # of features sent with each request
-    auto_approve: bool = False  # headless runs: a retrained model goes on through staging to production
-    # A retrain learns from the recent past, where the regime that broke the model is, and holds out less of it
-    # (2 hours of test windows, 1 of validation) so that the new regime reaches its training data sooner.
-    retrain_training_days: float = 1.5
-    retrain_test_windows: int = 4
-    retrain_validation_windows: int = 2
-    retrain_epochs: int = 2
-    # 3 breaching hours of the last 5 (the original: 3 of 3). After calm hours it fires as soon as 3 of 3 would,
-    # but one good hour among bad ones no longer flips it back to OK while a retrain is under way: in a CI run,
-    # 3 of 3 went ALARM -> OK on a single hour at 0.163 against a threshold of 0.166, mid-retrain.
-    evaluation_periods: int = 5
-    datapoints_to_alarm: int = 3
-
-    def __post_init__(self):
-        if self.forecast_every_minutes < 1 or self.history_minutes < 60:
-            raise ValueError("forecast_every_minutes must be >= 1 and history_minutes >= 60")
-
-    @classmethod
-    def load(cls, paths: Paths) -> "MonitorConfig":
-        file = paths.monitoring / "config.json"
-        return cls(**json.loads(file.read_text())) if file.exists() else cls()
-
-    def save(self, paths: Paths) -> None:
-        paths.monitoring.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(paths.monitoring / "config.json", asdict(self))
 
 
 def alarm_name(stage: str) -> str:
@@ -167,13 +135,12 @@ def _forecasts(event: dict, stage: str) -> list[tuple]:
     rows = []
     for i, (instance, prediction) in enumerate(zip(instances, predictions)):
         quantiles = prediction.get("quantiles", {})
-        if not all(str(q) in quantiles for q in DEFAULT_QUANTILES):
+        if not all(q in quantiles for q in QUANTILE_NAMES):
             continue  # asked for other quantiles: wQL over 0.1..0.9 cannot be computed
         start = pd.Timestamp(instance["start"], tz="UTC").timestamp()
         origin = start + 60 * len(instance["target"])
         rows.append((f"{meta['eventId']}-{i}", stage, meta.get("modelVersion"), origin,
-                     len(quantiles[str(DEFAULT_QUANTILES[0])]), json.dumps({str(q): quantiles[str(q)]
-                                                                            for q in DEFAULT_QUANTILES})))
+                     len(quantiles[QUANTILE_NAMES[0]]), json.dumps({q: quantiles[q] for q in QUANTILE_NAMES})))
     return rows
 
 
@@ -182,7 +149,7 @@ def _forecasts(event: dict, stage: str) -> list[tuple]:
 
 def score_hour(ledger: Ledger, actuals: pd.Series, stage: str, hour: float) -> dict:
     """Mean wQL over every point, forecast by ``stage``, whose minute is in [hour, hour + 1 h)."""
-    ys, predicted, versions, forecasts = [], {str(q): [] for q in DEFAULT_QUANTILES}, set(), 0
+    ys, predicted, versions, forecasts = [], {q: [] for q in QUANTILE_NAMES}, set(), 0
     for version, origin, horizon, quantiles in ledger.forecasts_for(stage, hour, hour + HOUR):
         minutes = origin + 60 * np.arange(horizon)
         inside = (minutes >= hour) & (minutes < hour + HOUR)
@@ -212,10 +179,11 @@ def mature_until(paths: Paths) -> float | None:
     """Minutes before this instant are final: the newest closed minute, less the allowed lateness."""
     features = open_tx_per_minute(paths.feature_store)
     try:
-        newest = features.latest_online(1)
+        newest = features.newest_slot()
     finally:
         features.close()
-    return newest[0]["window_start"] + 60 - ALLOWED_LATENESS_S if newest else None
+    window = WindowConfig()  # the stream's rules: a minute is revised up to allowed_lateness_s after it closed
+    return newest.timestamp() + window.window_s - window.allowed_lateness_s if newest is not None else None
 
 
 # ---------------------------------------------------------------- one run: every matured hour, then the alarms
@@ -338,11 +306,12 @@ def request_forecasts(paths: Paths, config: MonitorConfig, clock: SharedClock, s
 def serve(state_dir=None) -> None:
     """Run the monitor in the foreground until SIGTERM: forecast requests, and every matured hour evaluated."""
     paths = Paths.at(state_dir)
-    logging.basicConfig(filename=paths.root / "logs" / "monitor.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
-    logging.Formatter.converter = time.gmtime
-    pid_file = paths.monitoring / "monitor.pid"
-    pid_file.write_text(str(os.getpid()))
+    daemon.log_to(paths.root / "logs" / "monitor.log")
+    with daemon.holding_pid_file(paths.pid_file("monitor"), "monitor"):
+        _serve(paths)
+
+
+def _serve(paths: Paths) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -362,7 +331,6 @@ def serve(state_dir=None) -> None:
             stop.wait(LOOP_INTERVAL_S)
     finally:
         traffic.join(timeout=30)
-        pid_file.unlink(missing_ok=True)
         log.info("monitor stopped cleanly")
 
 
@@ -372,21 +340,17 @@ def start(state_dir=None, wait_s: float = 30, **settings) -> dict:
     paths = Paths.at(state_dir)
     MonitorConfig(**{**asdict(MonitorConfig.load(paths)), **settings}).save(paths)
     if not running(paths.root):
-        process = daemon.spawn(paths.root, ["serve-monitor"], paths.root / "logs" / "monitor.out")
-        deadline = time.monotonic() + wait_s
-        while not running(paths.root):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the monitor did not start; see {paths.root / 'logs' / 'monitor.out'}")
-            time.sleep(0.1)
+        daemon.start(paths.root, ["serve-monitor"], paths.root / "logs" / "monitor.out",
+                     lambda _: running(paths.root), wait_s, "monitor")
     return status(paths.root)
 
 
 def stop(state_dir=None) -> None:
-    daemon.terminate(Paths.at(state_dir).monitoring / "monitor.pid")
+    daemon.terminate(Paths.at(state_dir).pid_file("monitor"))
 
 
 def running(state_dir=None) -> bool:
-    return daemon.alive(daemon.read_pid(Paths.at(state_dir).monitoring / "monitor.pid"))
+    return daemon.running(Paths.at(state_dir).pid_file("monitor"))
 
 
 def status(state_dir=None) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import signal
 import time
 from contextlib import contextmanager
@@ -137,7 +136,7 @@ def stop(paths: Paths, timeout_s: float = 30) -> None:
             time.sleep(0.1)
     finally:
         retrains.close()
-    daemon.terminate(paths.monitoring / "retrain.pid")
+    daemon.terminate(paths.pid_file("retrain"))
 
 
 def _skip(retrains: RetrainLog, requested_by: str, reason: str, why: str) -> str:
@@ -155,17 +154,14 @@ def run(state_dir, retrain_id: int) -> str:
             if not holding:
                 retrains.update(retrain_id, "Skipped", detail=json.dumps({"why": "another retrain got there first"}))
                 return "Skipped"
-            pid_file = paths.monitoring / "retrain.pid"
             try:
-                pid_file.write_text(str(os.getpid()))
-                retrains.update(retrain_id, "Executing")
-                status, fields = _build_and_ship(paths)
+                with daemon.holding_pid_file(paths.pid_file("retrain"), "retrain"):
+                    retrains.update(retrain_id, "Executing")
+                    status, fields = _build_and_ship(paths)
             except BaseException as error:  # a crash, or teardown's SIGTERM: never leave a retrain "Executing"
                 retrains.update(retrain_id, "Stopped" if isinstance(error, SystemExit) else "Failed",
                                 detail=json.dumps({"why": str(error) or type(error).__name__}))
                 raise
-            finally:
-                pid_file.unlink(missing_ok=True)
             retrains.update(retrain_id, status, **fields)
             return status
     finally:
@@ -181,7 +177,7 @@ def stop_on_sigterm() -> None:
 
 def _build_and_ship(paths: Paths) -> tuple[str, dict]:
     from helpers import deepar, deploy, model_build
-    from helpers.monitor import MonitorConfig
+    from helpers.monitor_config import MonitorConfig
 
     deepar.use_inference_threads()  # one thread: the stream, endpoints and monitor share these cores
     config = MonitorConfig.load(paths)

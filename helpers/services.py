@@ -1,17 +1,16 @@
-"""Every local background service at once: what is running, and a teardown that stops it all."""
+"""Every local background service at once: what is running, a teardown that stops it all, and a reset."""
 from __future__ import annotations
 
+import shutil
+
 from helpers import daemon, deploy, ingest, monitor, retrain
-from helpers.config import Paths
+from helpers.config import SERVICES, Paths
 
 
 def running(state_dir=None) -> list[str]:
-    """The local services alive now: ingest, monitor, endpoint-staging, endpoint-prod, retrain."""
+    """The local services alive now, by name (config.SERVICES)."""
     paths = Paths.at(state_dir)
-    pid_files = {"ingest": paths.ingest_pid, "monitor": paths.monitoring / "monitor.pid",
-                 "retrain": paths.monitoring / "retrain.pid",
-                 **{f"endpoint-{name}": deploy.pid_file(paths, name) for name in deploy.ENDPOINTS}}
-    return [name for name, pid_file in pid_files.items() if daemon.alive(daemon.read_pid(pid_file))]
+    return [service for service in SERVICES if daemon.running(paths.pid_file(service))]
 
 
 def stop_all(state_dir=None) -> list[str]:
@@ -23,3 +22,16 @@ def stop_all(state_dir=None) -> list[str]:
     deploy.stop_endpoints(paths.root)
     ingest.stop(paths.root)
     return running(paths.root)
+
+
+def reset(state_dir=None) -> None:
+    """Stop every local service and delete what they made (stream, features, models, endpoints): a fresh start."""
+    paths = Paths.at(state_dir)
+    stop_all(paths.root)
+    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "monitoring", "run", "params.db",
+                 "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
+        target = paths.root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)

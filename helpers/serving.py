@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect
 
 from helpers import deepar
 from helpers.clock import utc_now, write_json_atomic
+from helpers.metrics import QUANTILE_NAMES
 
 log = logging.getLogger("helpers.serving")
 
@@ -51,7 +52,6 @@ MAX_NUM_SAMPLES = 1000
 OUTPUT_TYPES = ("mean", "quantiles", "samples")
 DEFAULT_NUM_SAMPLES = 100
 DEFAULT_OUTPUT_TYPES = ("mean", "quantiles")
-DEFAULT_QUANTILES = tuple(f"0.{i}" for i in range(1, 10))
 CONTENT_TYPES = ("application/json", "application/jsonlines")
 # The model keeps no frequency of its own; every series of this project is on a 1-minute grid.
 FREQ = deepar.DeepARHyperparameters.time_freq
@@ -83,7 +83,7 @@ class InstanceSchema(BaseModel):
 class ConfigurationSchema(BaseModel):
     num_samples: int = Field(DEFAULT_NUM_SAMPLES, ge=1, le=MAX_NUM_SAMPLES)
     output_types: list[Literal["mean", "quantiles", "samples"]] = list(DEFAULT_OUTPUT_TYPES)
-    quantiles: list[str] = Field(list(DEFAULT_QUANTILES), description="strings of floats in (0, 1)")
+    quantiles: list[str] = Field(list(QUANTILE_NAMES), description="strings of floats in (0, 1)")
 
 
 class InvocationRequest(BaseModel):
@@ -120,7 +120,7 @@ class DeployRequest(BaseModel):
 class Configuration:
     num_samples: int = DEFAULT_NUM_SAMPLES
     output_types: tuple[str, ...] = DEFAULT_OUTPUT_TYPES
-    quantiles: tuple[str, ...] = DEFAULT_QUANTILES
+    quantiles: tuple[str, ...] = QUANTILE_NAMES
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _configuration(obj: Any) -> Configuration:
     return Configuration(
         num_samples=_num_samples(obj.get("num_samples", DEFAULT_NUM_SAMPLES)),
         output_types=_output_types(obj.get("output_types", list(DEFAULT_OUTPUT_TYPES))),
-        quantiles=_quantiles(obj.get("quantiles", list(DEFAULT_QUANTILES))))
+        quantiles=_quantiles(obj.get("quantiles", list(QUANTILE_NAMES))))
 
 
 def _num_samples(value: Any) -> int:

@@ -169,6 +169,18 @@ def test_training_dataset_of_an_empty_store_says_to_start_the_stream(group):
         group.training_dataset(T0, T0 + 600, features=["fees"])
 
 
+def test_recent_is_the_newest_minutes_on_the_grid_with_their_gaps(group):
+    with pytest.raises(FeatureStoreError, match="start the stream"):
+        group.recent("avg_fee", 5)
+    assert group.newest_slot() is None
+    group.put_records([{**minute(i), "avg_fee": float(i)} for i in (0, 1, 3, 4)], "a")  # minute 2: a gap
+    assert group.newest_slot() == pd.Timestamp(T0 + 240, unit="s", tz="UTC")
+    recent = group.recent("avg_fee", 4)
+    assert list(recent.index) == list(pd.date_range(pd.Timestamp(T0 + 60, unit="s", tz="UTC"), periods=4,
+                                                    freq="1min"))
+    assert recent.tolist()[0] == 1.0 and pd.isna(recent.iloc[1]) and recent.tolist()[2:] == [3.0, 4.0]
+
+
 # ---------------------------------------------------------------- compaction and concurrency
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import wait_for
-from helpers import ingest
+from helpers import ingest, services
 from helpers.aggregator import WindowConfig
 from helpers.clock import minute_iso
 from helpers.config import Paths
@@ -52,11 +52,25 @@ def test_service_outlives_its_starter_reports_health_and_stops_on_sigterm(state_
 
     stopped = ingest.stop(state_dir)
     assert stopped["state"] == "stopped" and not stopped["running"]
-    assert not Paths.at(state_dir).ingest_pid.exists()
+    assert not Paths.at(state_dir).pid_file("ingest").exists()
     assert "stopped cleanly" in Paths.at(state_dir).ingest_log.read_text()
 
     resumed = ingest.start(state_dir)  # resumes the same stream, not a new one
     assert resumed["running"] and resumed["events_in"] >= stopped["events_in"]
+
+
+def test_a_second_service_is_refused_and_reset_stops_the_stream_and_deletes_its_state(state_dir):
+    finite_stream(state_dir, hours_live=24, speed=60)
+    paths = Paths.at(state_dir)
+    helpers_cli = [sys.executable, "-m", "helpers", "--state-dir", str(state_dir)]
+    second = subprocess.run([*helpers_cli, "serve-ingest"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1 and "another ingestion service is running" in second.stderr
+    assert ingest.status(state_dir)["running"]  # the first one is untouched
+
+    subprocess.run([*helpers_cli, "reset"], check=True, timeout=120)
+    assert services.running(state_dir) == []
+    assert not any(p.exists() for p in (paths.event_log, paths.feature_store, paths.ingest_config, paths.clock))
+    assert ingest.status(state_dir)["state"] == "never started"
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_counts_nothing_twice(state_dir):

@@ -115,7 +115,7 @@ def test_rerunning_or_restarting_the_monitor_never_publishes_an_hour_twice(servi
     # the service itself, killed and restarted: every hour once, the ones that matured meanwhile caught up
     monitor.start(state)
     wait_for(lambda: (paths.monitoring / "status.json").exists(), what="the monitor's first run")
-    os.kill(daemon.read_pid(paths.monitoring / "monitor.pid"), signal.SIGKILL)
+    os.kill(daemon.read_pid(paths.pid_file("monitor")), signal.SIGKILL)
     wait_for(lambda: not monitor.running(state), what="the monitor to die")
     monitor.start(state)
     monitor.run_now(state)
@@ -182,7 +182,7 @@ def test_the_threshold_in_force_is_read_when_the_alarm_evaluates(serving):
     assert monitor.status(state)["alarms"]["prod"]["StateValue"] == alarms.ALARM
     history = monitor.alarm_history(state)
     assert history.iloc[-1]["threshold"] == pytest.approx(1e-6)
-    wait_for(lambda: (paths.monitoring / "retrain.pid").exists(), what="the alarm's retrain to run")
+    wait_for(lambda: paths.pid_file("retrain").exists(), what="the alarm's retrain to run")
     assert (monitor.retrains(state)["status"] != "Skipped").sum() == 1  # both stages' alarms: one retrain
 
     assert services.stop_all(state) == []  # a teardown mid-retrain: recorded as such, never "Executing" forever

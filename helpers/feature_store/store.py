@@ -179,6 +179,21 @@ class FeatureGroup:
                                   " ORDER BY event_time DESC LIMIT ?", (self.name, n))
         return [json.loads(r) for (r,) in rows]
 
+    def newest_slot(self) -> pd.Timestamp | None:
+        """The start of the newest slot (minute) in the online store, in UTC; None while the store is empty."""
+        newest = self.latest_online(1)
+        return pd.Timestamp(newest[0][self._grid()[0]], unit="s", tz="UTC") if newest else None
+
+    def recent(self, feature: str, slots: int) -> pd.Series:
+        """One feature over the newest ``slots`` slots, the newest included, on the complete grid (gaps NaN)."""
+        newest = self.newest_slot()
+        if newest is None:
+            raise FeatureStoreError("the feature store is empty: start the stream first (notebook 01 or "
+                                    "python -m helpers start)")
+        step = pd.Timedelta(seconds=self._grid()[1])
+        end = newest + step
+        return self.training_dataset(end - slots * step, end, features=[feature]).frame[feature]
+
     # ------------------------------------------------------------ offline reads
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
