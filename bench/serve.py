@@ -14,6 +14,7 @@ import httpx
 from bench.common import Record, percentile, timed
 from helpers import daemon, deepar, deploy, ingest, model_build
 from helpers.config import Paths
+from helpers.deepar_json import deepar_request
 from helpers.metrics import DEFAULT_QUANTILES
 from helpers.notebooks import PINNED_NOW
 from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
@@ -47,7 +48,7 @@ def run() -> list[Record]:
 def _measure(state: str) -> list[Record]:
     paths = Paths.at(state)
     history = deploy.latest_minutes(state, 1440)
-    request = deploy.deepar_request(history, num_samples=100)
+    request = deepar_request(history, num_samples=100)
     predictor = deepar.load(ModelRegistry(paths.registry).model_path(MODEL_GROUP, 1))
     target = history.to_numpy(float)
     deepar.use_inference_threads()  # as the endpoint does: the same configuration on both sides

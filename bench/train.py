@@ -49,9 +49,11 @@ def fixed_week() -> list[Record]:
         execution = model_build.run(tmp, settings)
         if not execution.succeeded:
             raise RuntimeError(f"the model build failed: {execution.failure_reason}")
-    outputs, context = execution.outputs, execution.context
-    scores = {name: e["mean_wQuantileLoss"] for name, e in context["evaluation"].items()}
-    scores["oracle"] = oracle_score(SimulatorConfig(seed=SEED), context)
+    outputs = execution.outputs
+    scores = {name: e["mean_wQuantileLoss"] for name, e in execution.evaluation.items()}
+    scores["oracle"] = oracle_score(SimulatorConfig(seed=SEED), {"series_start": execution.target.index[0],
+                                                                 "test_origins": execution.test_origins,
+                                                                 "actuals": execution.actuals})
     details = {"mean_wQuantileLoss": scores, "test_windows": settings.n_test_windows,
                "epochs_run": outputs["epochs_run"], "stopped_early": outputs["stopped_early"],
                "device": outputs["device"], "train_minutes": outputs["train_minutes"]}

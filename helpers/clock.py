@@ -137,3 +137,11 @@ def as_unix(value, field: str) -> float:
             raise ValueError(f"{field}={value!r} has no time zone: add one, e.g. tzinfo=timezone.utc or a 'Z' suffix")
         return value.timestamp()
     raise ValueError(f"{field}={value!r}: give a UTC time (ISO-8601 with 'Z', an aware datetime or unix seconds)")
+
+
+def first_now(now: float | str | None = None) -> float:
+    """The simulated "now" a first start uses: ``now`` if given, else $MLOPS_PINNED_NOW, else the wall clock."""
+    if now is not None:
+        return as_unix(now, "now")
+    pinned = pinned_now()
+    return time.time() if pinned is None else pinned

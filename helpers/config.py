@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("local", "aws")
 # Every local background service, in the order a teardown stops them: the monitor first (it starts nothing new),
 # the stream last (after its checkpoint).
 SERVICES = ("monitor", "retrain", "endpoint-staging", "endpoint-prod", "ingest")
@@ -18,17 +17,6 @@ SERVICES = ("monitor", "retrain", "endpoint-staging", "endpoint-prod", "ingest")
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("MLOPS_STATE_DIR", REPO_ROOT / ".state")).resolve()
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
-    if backend == "aws":
-        raise NotImplementedError(
-            "backend='aws' is not available yet: the AWS stack in cloudformation/ lands with a later issue. "
-            "Run with backend='local'."
-        )
-    return backend
 
 
 @dataclass(frozen=True)

@@ -20,29 +20,36 @@ import logging
 import os
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import numpy as np
 import pandas as pd
 
 from helpers import daemon
 from helpers.clock import write_json_atomic
 from helpers.config import Paths
+from helpers.deepar_json import deepar_request
+from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation
 from helpers.feature_store import open_tx_per_minute
-from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
-from helpers.pipeline import ExecutionStore
+from helpers.policies import (
+    THRESHOLD_UPDATE_RATE,
+    SmokeTest,
+    ThresholdChange,
+    deploy_refusal,
+    smoke_checks,
+    threshold_after_approval,
+)
 from helpers.registry import MODEL_GROUP, ModelRegistry, ModelVersion
+from helpers.registry.local import LocalRegistry, why_nothing_is_pending
 from helpers.sqlite import SQLiteFile
 
 log = logging.getLogger("helpers.deploy")
 
-ENDPOINTS = ("staging", "prod")
 DEFAULT_PORTS = {"staging": 8081, "prod": 8082}
-THRESHOLD_UPDATE_RATE = 0.5  # the original rule's rate
 SMOKE_HISTORY_MINUTES = 1440  # history sent with the smoke test's request
-SMOKE_WQL_FACTOR, SMOKE_WQL_FLOOR = 3.0, 0.5  # "sane": wQL <= max(floor, factor x the version's test wQL)
 
 
 class PromotionError(RuntimeError):
@@ -102,14 +109,20 @@ def stop_endpoints(state_dir=None) -> None:
         stop_endpoint(state_dir, name)
 
 
-def describe(state_dir=None, name: str = "staging") -> dict:
+def describe(state_dir=None, name: str = "staging") -> EndpointDescription:
     """DescribeEndpoint: status (Creating, InService, Updating, Failed; OutOfService when its process is down),
     the model version, and since when."""
     paths = Paths.at(state_dir)
+    _check_name(name)
     if daemon.running(paths.pid_file(f"endpoint-{name}")):
-        return httpx.get(f"{url(paths, name)}/admin/describe", timeout=10).json()
+        return _description(httpx.get(f"{url(paths, name)}/admin/describe", timeout=10).json())
     saved = json.loads(state_file(paths, name).read_text()) if state_file(paths, name).exists() else {}
-    return {**saved, "EndpointName": name, "EndpointStatus": "OutOfService"}
+    return _description({**saved, "EndpointName": name, "EndpointStatus": "OutOfService"})
+
+
+def _description(endpoint_state: dict) -> EndpointDescription:
+    """The endpoint's own record, as DescribeEndpoint shows it (the local model path stays inside the endpoint)."""
+    return EndpointDescription(**{key: endpoint_state.get(key) for key in EndpointDescription.__annotations__})
 
 
 def _answers(paths: Paths, name: str) -> bool:
@@ -177,22 +190,26 @@ class DeploymentLog(SQLiteFile):
 
 
 def deploy(state_dir=None, name: str = "staging", version: int | None = None, by: str = "deploy pipeline",
-           reason: str = "") -> dict:
-    """Roll ``name`` to ``version`` blue/green. Production goes through the promotion guard."""
+           reason: str = "") -> EndpointDescription:
+    """Roll ``name`` to a registered ``version`` blue/green. Production goes through the promotion guard."""
     paths = Paths.at(state_dir)
+    _check_name(name)
     registry = ModelRegistry(paths.registry)
     model = registry.get(MODEL_GROUP, version) if version is not None else registry.latest(status="Approved")
-    if model is None or model.approval_status != "Approved":
-        status = model.approval_status if model else "no approved version"
-        raise PromotionError(f"only an Approved version is deployed ({status}): approve it first "
+    if model is None:
+        raise PromotionError("no version is Approved: approve one first "
                              "(python -m helpers approve VERSION --by NAME --reason WHY)")
-    if name == "prod":
-        _promotion_guard(paths, model.version)
+    deployments = DeploymentLog(paths)
+    refusal = deploy_refusal(name, model.version, model.approval_status,
+                             deployments.was_in_service("staging", model.version),
+                             deployments.smoke_passed("staging", model.version))
+    if refusal:
+        raise PromotionError(refusal)
     start_endpoint(paths.root, name)
+    # The endpoint loads the registered version's artifact, as CreateModel does from the model package's S3 URI.
     response = httpx.post(f"{url(paths, name)}/admin/deploy", timeout=300, json={
         "model_version": model.version, "model_path": str(registry.model_path(MODEL_GROUP, model.version))})
     described = response.json()
-    deployments = DeploymentLog(paths)
     if response.status_code != 200:
         deployments.record(name, model.version, "deploy", "Failed", by, reason, described)
         raise RuntimeError(f"deploying version {model.version} to {name} failed: {_error(described)}; "
@@ -200,10 +217,10 @@ def deploy(state_dir=None, name: str = "staging", version: int | None = None, by
     deployments.record(name, model.version, "deploy", described["EndpointStatus"], by, reason, described)
     registry.set_stage_alias(name, model.version)
     log.info("endpoint %s now serves version %s", name, model.version)
-    return described
+    return _description(described)
 
 
-def rollback(state_dir=None, name: str = "staging", by: str = "user", reason: str = "rollback") -> dict:
+def rollback(state_dir=None, name: str = "staging", by: str = "user", reason: str = "rollback") -> EndpointDescription:
     """Swap ``name`` back to the version it served before the last deploy."""
     paths = Paths.at(state_dir)
     response = httpx.post(f"{url(paths, name)}/admin/rollback", timeout=300)
@@ -213,7 +230,7 @@ def rollback(state_dir=None, name: str = "staging", by: str = "user", reason: st
     DeploymentLog(paths).record(name, described["ModelVersion"], "rollback", described["EndpointStatus"], by, reason,
                                 described)
     ModelRegistry(paths.registry).set_stage_alias(name, described["ModelVersion"])
-    return described
+    return _description(described)
 
 
 def _error(body: dict) -> str:
@@ -225,7 +242,7 @@ def _error(body: dict) -> str:
 
 
 def approve(state_dir=None, version: int | None = None, by: str = "", reason: str = "",
-            update_rate: float = THRESHOLD_UPDATE_RATE) -> dict:
+            update_rate: float = THRESHOLD_UPDATE_RATE) -> Approval:
     """Approve a version: update the threshold, deploy it to staging, smoke-test staging."""
     paths = Paths.at(state_dir)
     registry = ModelRegistry(paths.registry)
@@ -235,28 +252,23 @@ def approve(state_dir=None, version: int | None = None, by: str = "", reason: st
                                              update_rate, by=by, version=version,
                                              floor=model.metrics.get("worst_hour_wQuantileLoss"))
     staging = deploy(paths.root, "staging", version, by=by, reason=f"approved: {reason}")
-    return {"model_version": version, "threshold": threshold, "staging": staging,
-            "smoke_test": smoke_test(paths.root, "staging")}
+    return Approval(version, threshold, staging, smoke_test(paths.root, "staging"))
 
 
-def reject(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> dict:
+def reject(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> str:
+    """Reject a version (the latest pending one by default); returns its approval status."""
     paths = Paths.at(state_dir)
     registry = ModelRegistry(paths.registry)
     version = version if version is not None else pending_version(paths.root).version
-    model = registry.set_approval(MODEL_GROUP, version, "Rejected", by, reason)
-    return {"model_version": model.version, "approval_status": model.approval_status}
+    return registry.set_approval(MODEL_GROUP, version, "Rejected", by, reason).approval_status
 
 
 def pending_version(state_dir=None) -> ModelVersion:
     """The newest version awaiting approval; if there is none, a ValueError that says why, from the last build."""
-    paths = Paths.at(state_dir)
-    pending = ModelRegistry(paths.registry).latest(status="PendingManualApproval")
-    if pending is None:
-        raise ValueError(f"no model version is pending approval: {why_nothing_is_pending(paths)}")
-    return pending
+    return LocalRegistry(Paths.at(state_dir)).pending()
 
 
-def require_in_service(state_dir=None) -> dict[str, dict]:
+def require_in_service(state_dir=None) -> dict[str, EndpointDescription]:
     """Both endpoints' descriptions; if either is not InService, a ValueError that says what to run."""
     paths = Paths.at(state_dir)
     described = {name: describe(paths.root, name) for name in ENDPOINTS}
@@ -269,44 +281,17 @@ def require_in_service(state_dir=None) -> dict[str, dict]:
     return described
 
 
-def why_nothing_is_pending(paths: Paths) -> str:
-    """The newest model build's outcome, as a reason and what to run next."""
-    builds = ExecutionStore(paths.pipelines).list("model-build", limit=1)
-    rebuild = "run notebook 03 (or python -m helpers train)"
-    if builds.empty:
-        return f"no model has been built yet: {rebuild}"
-    last = builds.iloc[0]
-    if last["status"] == "FailedQualityGate":
-        return (f"the last model build ({last['execution_id']}) was rejected by the quality gate: "
-                f"{last['failure_reason'].removeprefix('QualityGate: ')}. Notebook 03 says what to do; then {rebuild}")
-    if last["status"] != "Succeeded":
-        return f"the last model build ({last['execution_id']}) {last['status']}: {last['failure_reason']}; {rebuild}"
-    return f"the last build's version has been decided already: {rebuild} for a new one"
-
-
-
 def update_threshold_on_approval(params: ParameterStore, new_wql: float, update_rate: float = THRESHOLD_UPDATE_RATE,
-                                 by: str = "approval", version: int | None = None, floor: float | None = None) -> dict:
-    """The original rule: if new < threshold, threshold = new + |new - threshold| x rate, and current = new.
-
-    With a fix: the new threshold is never below ``floor``, the model's worst hour on its own test windows
-    (so it may rise). The alarm judges single hours against this threshold, and a good model's hourly wQL
-    varies with the hour's fee spikes around its mean: a threshold the model itself missed hour by hour in
-    testing would make a freshly retrained model breach it at once, the original's problem.
-    """
-    old_threshold = params.get_float(WQL_THRESHOLD)
-    old_current = _current(params)
-    change = {"old_threshold": old_threshold, "new_threshold": old_threshold, "old_current_wql": old_current,
-              "new_current_wql": old_current, "update_rate": update_rate, "floor": floor}
-    if new_wql < old_threshold:
-        moved = new_wql + abs(new_wql - old_threshold) * update_rate
-        change["new_threshold"] = moved if floor is None else max(moved, floor)
-        change["new_current_wql"] = new_wql
+                                 by: str = "approval", version: int | None = None,
+                                 floor: float | None = None) -> ThresholdChange:
+    """Apply the threshold rule (:func:`helpers.policies.threshold_after_approval`) to the parameter store."""
+    change = threshold_after_approval(params.get_float(WQL_THRESHOLD), _current(params), new_wql, update_rate, floor)
+    if change.moved:
         why = f"approval of model version {version}: mean wQL {new_wql:.4f}"
-        params.put(WQL_THRESHOLD, change["new_threshold"], by=by, reason=why)
+        params.put(WQL_THRESHOLD, change.new_threshold, by=by, reason=why)
         params.put(CURRENT_MODEL_WQL, new_wql, by=by, reason=why)
-    log.info("threshold %.4f -> %.4f, current model wQL %s -> %.4f", old_threshold, change["new_threshold"],
-             old_current, change["new_current_wql"] if change["new_current_wql"] is not None else float("nan"))
+    log.info("threshold %.4f -> %.4f, current model wQL %s -> %s", change.old_threshold, change.new_threshold,
+             change.old_current_wql, change.new_current_wql)
     return change
 
 
@@ -317,7 +302,7 @@ def _current(params: ParameterStore) -> float | None:
         return None
 
 
-def promote(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> dict:
+def promote(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> EndpointDescription:
     """The second approval: deploy the version staging serves (or ``version``) to production, guard first."""
     paths = Paths.at(state_dir)
     if not by or not reason:
@@ -328,35 +313,41 @@ def promote(state_dir=None, version: int | None = None, by: str = "", reason: st
     return deploy(paths.root, "prod", version, by=by, reason=f"promoted: {reason}")
 
 
-def _promotion_guard(paths: Paths, version: int) -> None:
-    deployments = DeploymentLog(paths)
-    if not deployments.was_in_service("staging", version):
-        raise PromotionError(f"version {version} was never InService on staging: approve it (which deploys it to "
-                             "staging) before promoting it")
-    if not deployments.smoke_passed("staging", version):
-        raise PromotionError(f"version {version} has not passed the staging smoke test: run "
-                             "deploy.smoke_test(state_dir, 'staging') while staging serves it")
-
-
 # ---------------------------------------------------------------- invoking, smoke test
 
 
-def deepar_request(history: pd.Series, num_samples: int = 100, quantiles=QUANTILE_NAMES,
-                   output_types=("mean", "quantiles")) -> dict:
-    """A SageMaker DeepAR request for one series; gaps are sent as "NaN"."""
-    return {"instances": [{"start": history.index[0].strftime("%Y-%m-%d %H:%M:%S"),
-                           "target": [float(v) if np.isfinite(v) else "NaN" for v in history.to_numpy(float)]}],
-            "configuration": {"num_samples": num_samples, "output_types": list(output_types),
-                              "quantiles": list(quantiles)}}
+def runtime_client(state_dir=None):
+    """A boto3 ``sagemaker-runtime`` client for the local endpoints: InvokeEndpoint reaches the process serving
+    the endpoint it names. No AWS account: the credentials are placeholders, and nothing leaves loopback."""
+    import boto3
+    from botocore.config import Config
 
-
-def invoke(state_dir=None, name: str = "staging", request: dict | None = None) -> dict:
-    """POST a DeepAR request to the endpoint's InvokeEndpoint path; returns the parsed response."""
     paths = Paths.at(state_dir)
-    response = httpx.post(f"{url(paths, name)}/endpoints/{name}/invocations", json=request, timeout=60)
-    if response.status_code != 200:
-        raise RuntimeError(f"{name} answered {response.status_code}: {response.text}")
-    return response.json()
+    client = boto3.client("sagemaker-runtime", endpoint_url=url(paths, ENDPOINTS[0]), region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local",
+                          config=Config(retries={"max_attempts": 1}, read_timeout=120))
+
+    def to_the_named_endpoint(request, **_):  # each local endpoint is its own process, on its own port
+        parts = urlsplit(request.url)
+        request.url = urlunsplit(parts._replace(netloc=urlsplit(url(paths, parts.path.split("/")[2])).netloc))
+
+    client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", to_the_named_endpoint)
+    return client
+
+
+def invoke(state_dir=None, name: str = "staging", request: dict | None = None, client=None) -> Invocation:
+    """InvokeEndpoint with a DeepAR JSON request, through a sagemaker-runtime client (``client``, or a new one)."""
+    from botocore.exceptions import ClientError
+
+    _check_name(name)
+    client = client or runtime_client(state_dir)
+    try:
+        answer = client.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=json.dumps(request))
+    except ClientError as error:
+        status = error.response["ResponseMetadata"].get("HTTPStatusCode")
+        raise ValueError(f"{name} answered {status}: {error.response['Error'].get('Message')}") from None
+    return Invocation(name, answer["ContentType"], answer.get("InvokedProductionVariant", ""),
+                      json.loads(answer["Body"].read())["predictions"])
 
 
 def latest_minutes(state_dir=None, minutes: int = SMOKE_HISTORY_MINUTES) -> pd.Series:
@@ -368,7 +359,7 @@ def latest_minutes(state_dir=None, minutes: int = SMOKE_HISTORY_MINUTES) -> pd.S
         features.close()
 
 
-def smoke_test(state_dir=None, name: str = "staging") -> dict:
+def smoke_test(state_dir=None, name: str = "staging") -> SmokeTest:
     """A real invocation with the latest features, the last prediction_length minutes held out: the answer must
     have the right shape, ordered quantiles, and a sane loss against what really happened."""
     paths = Paths.at(state_dir)
@@ -380,22 +371,11 @@ def smoke_test(state_dir=None, name: str = "staging") -> dict:
     horizon = int(model.hyperparameters["prediction_length"])
     series = latest_minutes(paths.root, SMOKE_HISTORY_MINUTES + horizon)
     started = time.perf_counter()
-    prediction = invoke(paths.root, name, deepar_request(series.iloc[:-horizon]))["predictions"][0]
+    prediction = invoke(paths.root, name, deepar_request(series.iloc[:-horizon])).predictions[0]
     latency = time.perf_counter() - started
-    quantiles = np.array([prediction["quantiles"][q] for q in QUANTILE_NAMES])
-    bound = max(SMOKE_WQL_FLOOR, SMOKE_WQL_FACTOR * model.metrics["mean_wQuantileLoss"])
-    checks = {
-        "shape": quantiles.shape == (len(QUANTILE_NAMES), horizon) and len(prediction["mean"]) == horizon,
-        "finite": bool(np.isfinite(quantiles).all()),
-        "quantiles_ordered": bool((np.diff(quantiles, axis=0) >= -1e-9).all()),
-    }
-    actuals = series.iloc[-horizon:].to_numpy(float)
-    forecasts = {"mean": np.array(prediction["mean"]), **dict(zip(QUANTILE_NAMES, quantiles))}
-    wql = mean_weighted_quantile_loss(actuals, forecasts) if checks["shape"] and checks["finite"] else float("inf")
-    checks["loss_sane"] = wql <= bound
-    result = {"endpoint": name, "model_version": version, "passed": all(checks.values()), "checks": checks,
-              "mean_wQuantileLoss": wql, "sane_bound": bound, "latency_s": latency,
-              "window_start": str(series.index[-horizon])}
-    DeploymentLog(paths).record_smoke(name, version, result["passed"], result)
-    log.info("smoke test of %s (version %s): %s", name, version, "passed" if result["passed"] else f"FAILED {checks}")
+    checks, wql, bound = smoke_checks(prediction, series.iloc[-horizon:].to_numpy(float),
+                                      model.metrics["mean_wQuantileLoss"])
+    result = SmokeTest(name, version, all(checks.values()), checks, wql, bound, latency, str(series.index[-horizon]))
+    DeploymentLog(paths).record_smoke(name, version, result.passed, asdict(result))
+    log.info("smoke test of %s (version %s): %s", name, version, "passed" if result.passed else f"FAILED {checks}")
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from helpers import clock as simclock
 from helpers import daemon
-from helpers.clock import SharedClock, SimClock, minute_iso, write_json_atomic
+from helpers.clock import SharedClock, SimClock, first_now, minute_iso, write_json_atomic
 from helpers.config import Paths
 from helpers.eventlog import EventLog
 from helpers.feature_store import open_tx_per_minute
@@ -189,7 +189,7 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     """Start the background service (a no-op if it runs). ``settings`` are :class:`IngestConfig` fields.
 
     The first start of a state directory saves its settings; later starts resume
-    that stream and ignore new settings (use :func:`reset` to start over).
+    that stream and ignore new settings (``python -m helpers reset`` starts over).
     """
     paths = Paths.at(state_dir)
     if daemon.running(paths.pid_file("ingest")):
@@ -205,14 +205,6 @@ def start(state_dir: str | Path | None = None, wait_s: float = 60, **settings) -
     daemon.start(paths.root, ["serve-ingest"], paths.root / "logs" / "ingest.out", reporting_running, wait_s,
                  "ingestion service")
     return status(paths.root)
-
-
-def first_now(now: float | str | None = None) -> float:
-    """The simulated "now" a first start uses: ``now`` if given, else $MLOPS_PINNED_NOW, else the wall clock."""
-    if now is not None:
-        return simclock.as_unix(now, "now")
-    pinned = simclock.pinned_now()
-    return time.time() if pinned is None else pinned
 
 
 def _save_new_config(paths: Paths, config: IngestConfig) -> None:

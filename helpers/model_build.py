@@ -8,6 +8,8 @@ parameter store when it runs.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,17 +20,21 @@ import pandas as pd
 
 from helpers import deepar, gate
 from helpers.baselines import DAY, baseline_forecasts
-from helpers.clock import as_unix
+from helpers.clock import as_unix, write_json_atomic
 from helpers.config import Paths
 from helpers.feature_store import TX_PER_MINUTE, open_tx_per_minute
+from helpers.gate import GateDecision
 from helpers.metrics import DEFAULT_QUANTILES, evaluate, mean_weighted_quantile_loss
-from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore, ensure_model_build_defaults
-from helpers.pipeline import Execution, ExecutionStore, Pipeline, QualityGateFailed, Step
+from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
+from helpers.pipeline import ExecutionStore, Pipeline, QualityGateFailed, Step
 from helpers.registry import ModelRegistry
+from helpers.training.interface import BuildReport
 
 log = logging.getLogger("helpers.model_build")
 
 TARGET = "avg_fee"
+# The artifacts a build's report is read back from, as a SageMaker Pipeline's would be from S3.
+EVALUATION_FILE, FORECASTS_FILE = "evaluation.json", "test_forecasts.npz"
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ def forecast(ctx: dict) -> dict:
                                                   settings.num_samples),
                         **baseline_forecasts(series, ctx["test_origins"], horizon)}
     ctx["actuals"] = np.stack([series[o:o + horizon] for o in ctx["test_origins"]])
-    np.savez(ctx["artifacts"] / "test_forecasts.npz", actuals=ctx["actuals"], origins=ctx["test_origins"],
+    np.savez(ctx["artifacts"] / FORECASTS_FILE, actuals=ctx["actuals"], origins=ctx["test_origins"], series=series,
+             series_start=int(ctx["series_start"].timestamp()),
              **{f"{name}|{key}": v for name, f in ctx["forecasts"].items() for key, v in f.items()})
     return {"forecasters": list(ctx["forecasts"]), "windows": len(ctx["test_origins"])}
 
@@ -157,6 +164,7 @@ def evaluate_step(ctx: dict) -> dict:
     per_hour = max(1, 60 // ctx["settings"].hyperparameters.prediction_length)  # test windows in an hour
     ctx["evaluation"] = {name: {**evaluate(ctx["actuals"], f), "worst_hour_wQuantileLoss":
                                 worst_hour(ctx["actuals"], f, per_hour)} for name, f in ctx["forecasts"].items()}
+    write_json_atomic(ctx["artifacts"] / EVALUATION_FILE, ctx["evaluation"])  # SageMaker's evaluation.json
     scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
     log.info("mean wQL: %s", ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
     return {"mean_wQuantileLoss": scores["deepar"],
@@ -212,25 +220,55 @@ STEPS = [
 ]
 
 
-def run(state_dir=None, settings: BuildSettings | None = None) -> Execution:
-    """Run the model build pipeline on the latest data; returns its execution record."""
+def run(state_dir=None, settings: BuildSettings | None = None) -> BuildReport:
+    """Run the model build pipeline on the latest data; returns its report, read back from its records."""
     paths, settings = Paths.at(state_dir), settings or BuildSettings()
-    ensure_model_build_defaults(ParameterStore(paths.params))  # a fresh state directory: the gate's defaults
-    parameters = settings.to_parameters()
-    execution = Pipeline("model-build", STEPS).run(ExecutionStore(paths.pipelines), parameters,
+    ParameterStore(paths.params).ensure_model_build_defaults()  # a fresh state directory: the gate's defaults
+    execution = Pipeline("model-build", STEPS).run(ExecutionStore(paths.pipelines), settings.to_parameters(),
                                                    context={"settings": settings, "paths": paths})
-    _log_build(paths, execution)
-    return execution
+    built = report(paths, execution.execution_id)
+    _log_build(paths, built)
+    return built
 
 
-def _log_build(paths: Paths, execution: Execution) -> None:
+def report(paths: Paths, execution_id: str) -> BuildReport:
+    """What an execution left behind, typed: its records, the gate's decision, evaluation.json and the forecasts."""
+    store = ExecutionStore(paths.pipelines)
+    try:
+        execution = store.get(execution_id)
+        artifacts = store.artifacts(execution_id)
+    finally:
+        store.close()
+    steps = execution.steps.set_index("name")["outputs"].map(json.loads)
+    gate_outputs = steps.get("QualityGate", {}).get("gate")
+    built = BuildReport(execution.execution_id, execution.status, execution.failure_reason, execution.parameters,
+                        execution.outputs, execution.steps,
+                        gate=GateDecision(**{k: gate_outputs[k] for k in GATE_FIELDS}) if gate_outputs else None)
+    if (artifacts / EVALUATION_FILE).exists():
+        built.evaluation = json.loads((artifacts / EVALUATION_FILE).read_text())
+    if (artifacts / FORECASTS_FILE).exists():
+        with np.load(artifacts / FORECASTS_FILE) as saved:
+            start = pd.Timestamp(int(saved["series_start"]), unit="s", tz="UTC")
+            built.target = pd.Series(saved["series"], index=pd.date_range(start, periods=len(saved["series"]),
+                                                                           freq="min"), name=TARGET)
+            built.test_origins, built.actuals = saved["origins"].tolist(), saved["actuals"]
+            for key in saved.files:
+                if "|" in key:
+                    name, quantity = key.split("|")
+                    built.forecasts.setdefault(name, {})[quantity] = saved[key]
+    return built
+
+
+GATE_FIELDS = [f.name for f in dataclasses.fields(GateDecision)]
+
+
+def _log_build(paths: Paths, built: BuildReport) -> None:
     """Every execution is an MLflow run, a rejected or failed one too: what it measured and what the gate said."""
-    evaluation = execution.context.get("evaluation", {})
-    gate_decision = execution.context.get("gate")
+    evaluation = built.evaluation
     ModelRegistry(paths.registry).log_build(
-        execution.execution_id, execution.status, execution.parameters["hyperparameters"], evaluation.get("deepar"),
-        {k: v for k, v in evaluation.items() if k != "deepar"}, gate_decision.reason if gate_decision else None,
-        execution.failure_reason)
+        built.execution_id, built.status, built.parameters["hyperparameters"], evaluation.get("deepar"),
+        {k: v for k, v in evaluation.items() if k != "deepar"}, built.gate.reason if built.gate else None,
+        built.failure_reason)
 
 
 def evaluate_on_series(series: np.ndarray, series_start: pd.Timestamp, settings: BuildSettings, workdir) -> dict:
@@ -240,27 +278,3 @@ def evaluate_on_series(series: np.ndarray, series_start: pd.Timestamp, settings:
     for step in (prepare, train, forecast, evaluate_step):
         ctx.setdefault("step_outputs", {}).update(step(ctx))
     return ctx
-
-
-def gate_report(execution: Execution) -> str:
-    """What the quality gate decided, with its numbers, and after a rejection what to do."""
-    decision = execution.context.get("gate")
-    if decision is None:
-        return f"execution {execution.execution_id} ended {execution.status} before the quality gate ran"
-    outcome = ("registered as version {model_version}, PendingManualApproval: approve it in notebook 04"
-               .format(**execution.outputs) if decision.passed else "nothing was registered. " + decision.advice)
-    return f"{decision.reason}\n\n{outcome}"
-
-
-def comparison(execution: Execution) -> pd.DataFrame:
-    """DeepAR beside the baselines on the same test windows, best first."""
-    table = pd.DataFrame(execution.context["evaluation"]).T
-    columns = ["mean_wQuantileLoss", "wQuantileLoss[0.1]", "wQuantileLoss[0.5]", "wQuantileLoss[0.9]", "RMSE",
-               "coverage[0.1-0.9]"]
-    return table[columns].astype(float).sort_values("mean_wQuantileLoss")
-
-
-def target_series(execution: Execution) -> pd.Series:
-    """The target the execution trained and tested on, indexed by UTC minute."""
-    series, start = execution.context["series"], execution.context["series_start"]
-    return pd.Series(series, index=pd.date_range(start, periods=len(series), freq="min"), name=TARGET)

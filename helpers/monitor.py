@@ -38,6 +38,7 @@ from helpers import alarms, daemon, deploy
 from helpers.aggregator import WindowConfig
 from helpers.clock import SharedClock, minute_iso, write_json_atomic
 from helpers.config import Paths
+from helpers.deepar_json import deepar_request, forecast_origin, quantile_arrays
 from helpers.deploy import ENDPOINTS, capture_dir
 from helpers.feature_store import open_tx_per_minute
 from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
@@ -134,13 +135,11 @@ def _forecasts(event: dict, stage: str) -> list[tuple]:
         return []  # not a DeepAR request (an error the endpoint answered): nothing to score
     rows = []
     for i, (instance, prediction) in enumerate(zip(instances, predictions)):
-        quantiles = prediction.get("quantiles", {})
-        if not all(q in quantiles for q in QUANTILE_NAMES):
+        quantiles = quantile_arrays(prediction)
+        if quantiles is None:
             continue  # asked for other quantiles: wQL over 0.1..0.9 cannot be computed
-        start = pd.Timestamp(instance["start"], tz="UTC").timestamp()
-        origin = start + 60 * len(instance["target"])
-        rows.append((f"{meta['eventId']}-{i}", stage, meta.get("modelVersion"), origin,
-                     len(quantiles[QUANTILE_NAMES[0]]), json.dumps({q: quantiles[q] for q in QUANTILE_NAMES})))
+        rows.append((f"{meta['eventId']}-{i}", stage, meta.get("modelVersion"), forecast_origin(instance),
+                     len(quantiles[QUANTILE_NAMES[0]]), json.dumps({q: v.tolist() for q, v in quantiles.items()})))
     return rows
 
 
@@ -288,6 +287,7 @@ def request_forecasts(paths: Paths, config: MonitorConfig, clock: SharedClock, s
     the next 30 minutes, with the latest features. These are the forecasts the monitor later scores."""
     every = config.forecast_every_minutes * 60
     due = math.ceil(clock.now() / every) * every
+    runtime = deploy.runtime_client(paths.root)
     while not stop.is_set():
         now = clock.now()
         if now < due:
@@ -295,10 +295,10 @@ def request_forecasts(paths: Paths, config: MonitorConfig, clock: SharedClock, s
             continue
         due = max(due + every, math.floor(now / every) * every + every)  # after a stall, skip to the next slot
         try:
-            request = deploy.deepar_request(deploy.latest_minutes(paths.root, config.history_minutes))
+            request = deepar_request(deploy.latest_minutes(paths.root, config.history_minutes))
             for stage in ENDPOINTS:
                 if deploy.describe(paths.root, stage).get("EndpointStatus") == "InService":
-                    deploy.invoke(paths.root, stage, request)
+                    deploy.invoke(paths.root, stage, request, client=runtime)
         except Exception:
             log.exception("forecast request failed; trying again at the next slot")
 

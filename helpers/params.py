@@ -82,8 +82,8 @@ class ParameterStore(SQLiteFile):
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    def ensure_model_build_defaults(self) -> dict[str, float]:
+        """Create the quality gate's parameters if absent (a fresh state directory); return their current values."""
+        return {name: float(self.put_if_absent(name, value, by="defaults"))
+                for name, value in MODEL_BUILD_DEFAULTS.items()}
 
-def ensure_model_build_defaults(store: ParameterStore) -> dict[str, float]:
-    """Create the quality gate's parameters if absent (a fresh state directory); return their current values."""
-    return {name: float(store.put_if_absent(name, value, by="defaults"))
-            for name, value in MODEL_BUILD_DEFAULTS.items()}

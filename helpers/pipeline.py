@@ -78,7 +78,6 @@ class Execution:
     failure_reason: str | None
     outputs: dict
     steps: pd.DataFrame = field(repr=False)
-    context: dict = field(default_factory=dict, repr=False)  # in-memory results of the run that made it
 
     @property
     def succeeded(self) -> bool:
@@ -169,7 +168,6 @@ class Pipeline:
         store.finish(execution_id, status, reason, outputs)
         log.info("pipeline %s: execution %s %s", self.name, execution_id, status)
         execution = store.get(execution_id)
-        execution.context = context
         return execution
 
     def _run_step(self, step: Step, context: dict, store: ExecutionStore, execution_id: str, position: int):

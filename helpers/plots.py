@@ -36,8 +36,8 @@ def plot_minutes(frame: pd.DataFrame, title: str, rolling: str = "60min"):
 def watch_stream(status_fn, minutes_fn, seconds: float = 60, refresh_s: float = 2.0):
     """Redraw a live figure for ``seconds``: events arriving in the log, and minutes landing online.
 
-    ``status_fn()`` returns the service status; ``minutes_fn()`` the latest feature records. A short watch
-    refreshes faster, so that even a few seconds draw a line of arrival rates, not one dot.
+    ``status_fn()`` returns the stream's status (``log_events``: events in so far); ``minutes_fn()`` the latest
+    feature records. A short watch refreshes faster, so that even a few seconds draw a line of arrival rates.
     """
     refresh_s = min(refresh_s, seconds / 8)
     from IPython.display import clear_output, display
@@ -46,7 +46,7 @@ def watch_stream(status_fn, minutes_fn, seconds: float = 60, refresh_s: float = 
     started = time.monotonic()
     while True:
         current = status_fn()
-        samples.append((time.monotonic() - started, current.get("log_events", 0)))
+        samples.append((time.monotonic() - started, current.log_events))
         fig = _stream_figure(samples, minutes_frame(minutes_fn()))
         clear_output(wait=True)
         display(fig)

@@ -21,6 +21,7 @@ import logging
 import signal
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,7 @@ import pandas as pd
 from helpers import daemon
 from helpers.clock import SimClock
 from helpers.config import Paths
+from helpers.policies import retrain_skip_reason
 from helpers.registry import ModelRegistry
 from helpers.sqlite import SQLiteFile
 
@@ -113,11 +115,9 @@ def request(paths: Paths, requested_by: str, reason: str) -> str:
     retrains = RetrainLog(paths)
     try:
         with retrains.exclusive():  # check and record in one transaction: concurrent alarms see each other
-            if in_flight(paths) or retrains.starting():
-                return _skip(retrains, requested_by, reason, "a retrain is already in flight")
-            if pending is not None:
-                return _skip(retrains, requested_by, reason, f"version {pending.version} awaits approval: approve "
-                                                             "or reject it first (python -m helpers approve|reject)")
+            why = retrain_skip_reason(in_flight(paths) or retrains.starting(), pending.version if pending else None)
+            if why:
+                return _skip(retrains, requested_by, reason, why)
             retrain_id = retrains.add(requested_by, reason, "Requested")
     finally:
         retrains.close()
@@ -158,6 +158,8 @@ def run(state_dir, retrain_id: int) -> str:
                 with daemon.holding_pid_file(paths.pid_file("retrain"), "retrain"):
                     retrains.update(retrain_id, "Executing")
                     status, fields = _build_and_ship(paths)
+                    if _sigterm_received:  # a library swallowed its SystemExit (DuckDB: "Query interrupted")
+                        raise SystemExit(STOPPED_BY_SIGTERM)
             except BaseException as error:  # a crash, or teardown's SIGTERM: never leave a retrain "Executing"
                 retrains.update(retrain_id, "Stopped" if isinstance(error, SystemExit) else "Failed",
                                 detail=json.dumps({"why": str(error) or type(error).__name__}))
@@ -168,10 +170,16 @@ def run(state_dir, retrain_id: int) -> str:
         retrains.close()
 
 
+STOPPED_BY_SIGTERM = "stopped by SIGTERM (a teardown: python -m helpers stop)"
+_sigterm_received: list[int] = []  # not empty once a teardown's SIGTERM arrived
+
+
 def stop_on_sigterm() -> None:
-    """Turn the SIGTERM of a teardown into SystemExit, so that :func:`run` records the retrain as Stopped."""
-    def stop(*_):
-        raise SystemExit("stopped by SIGTERM (a teardown: python -m helpers stop)")
+    """Turn the SIGTERM of a teardown into SystemExit, so that :func:`run` records the retrain as Stopped, even
+    when the SystemExit is raised inside a library that turns it into an error of its own."""
+    def stop(signum, _frame):
+        _sigterm_received.append(signum)
+        raise SystemExit(STOPPED_BY_SIGTERM)
     signal.signal(signal.SIGTERM, stop)
 
 
@@ -195,7 +203,7 @@ def _build_and_ship(paths: Paths) -> tuple[str, dict]:
         return "PendingManualApproval", fields
     who, why = "auto_approve", f"retrained after an alarm (execution {execution.execution_id})"
     approval = deploy.approve(paths.root, version, by=who, reason=why)
-    if not approval["smoke_test"]["passed"]:
-        return "StagingSmokeTestFailed", {**fields, "detail": json.dumps(approval["smoke_test"], default=str)}
+    if not approval.smoke_test.passed:
+        return "StagingSmokeTestFailed", {**fields, "detail": json.dumps(asdict(approval.smoke_test), default=str)}
     deploy.promote(paths.root, version, by=who, reason=why)
     return "Deployed", fields

@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect
 
 from helpers import deepar
 from helpers.clock import utc_now, write_json_atomic
+from helpers.endpoints.interface import variant_name
 from helpers.metrics import QUANTILE_NAMES
 
 log = logging.getLogger("helpers.serving")
@@ -59,6 +60,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 LOOPBACK = ("127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before its request was read: not a server error
 _TIME_LAYOUT = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?([+-]\d{2}:\d{2}|Z)?")
+# InvokeEndpoint's answer names the production variant that served it (boto3: InvokedProductionVariant)
+VARIANT_HEADER = "x-amzn-invoked-production-variant"
 _QUANTILE_LAYOUT = re.compile(r"0\.\d*[1-9]")  # "0.5", "0.05": one spelling per level, so response keys match
 
 
@@ -531,7 +534,8 @@ _INVOCATION_DOCS: dict[str, Any] = {
         "application/json": {"schema": {"$ref": "#/components/schemas/InvocationRequest"}},
         "application/jsonlines": {"schema": {"$ref": "#/components/schemas/InstanceSchema"},
                                   "description": "one instance per line; the default configuration"}}}},
-    "responses": {200: {"model": InvocationResponse, "description": "DeepAR predictions; header x-model-version"},
+    "responses": {200: {"model": InvocationResponse, "description": "DeepAR predictions; header "
+                                                                        f"{VARIANT_HEADER}: the variant that answered"},
                   **{status: {"model": ErrorResponse, "description": why} for status, why in (
                       (400, "bad JSON or a bad field"), (413, "body over 6 MB"), (415, "another content type"),
                       (503, "no model loaded yet"))}},
@@ -633,7 +637,7 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
                            for p in predictions)
     else:
         content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-    headers = {"x-model-version": str(model.version)}
+    headers = {VARIANT_HEADER: variant_name(model.version)}
     if endpoint.capture is not None:
         headers["x-inference-id"] = endpoint.capture.record(model.version, content_type, body, content)
     return Response(content, media_type=content_type, headers=headers)

@@ -8,6 +8,7 @@ from test_model_build import SMALL, set_gate
 from conftest import PINNED_NOW, private_copy
 from helpers import deploy, ingest, model_build
 from helpers.config import Paths
+from helpers.deepar_json import deepar_request
 from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
 from helpers.registry import MODEL_GROUP, ModelRegistry
 
@@ -47,9 +48,9 @@ def test_threshold_update_rule(tmp_path, threshold, current, new, rate, expected
     if current is not None:
         params.put(CURRENT_MODEL_WQL, current)
     change = deploy.update_threshold_on_approval(params, new, rate, by="tester", version=3)
-    assert change["old_threshold"] == threshold and change["new_threshold"] == pytest.approx(expected_threshold)
+    assert change.old_threshold == threshold and change.new_threshold == pytest.approx(expected_threshold)
     assert params.get_float(WQL_THRESHOLD) == pytest.approx(expected_threshold)
-    assert change["new_current_wql"] == (pytest.approx(expected_current) if expected_current is not None else None)
+    assert change.new_current_wql == (pytest.approx(expected_current) if expected_current is not None else None)
     if expected_threshold != threshold:  # old and new values are kept, with who and why
         last = params.history(WQL_THRESHOLD)[-1]
         assert last["modified_by"] == "tester" and "version 3" in last["reason"]
@@ -65,7 +66,7 @@ def test_a_new_threshold_is_never_below_the_models_own_worst_hour(tmp_path, new,
     params = ParameterStore(tmp_path / "params.db")
     params.put(WQL_THRESHOLD, 0.24)
     change = deploy.update_threshold_on_approval(params, new, 0.5, by="tester", version=2, floor=floor)
-    assert change["new_threshold"] == pytest.approx(expected) and params.get_float(WQL_THRESHOLD) == pytest.approx(
+    assert change.new_threshold == pytest.approx(expected) and params.get_float(WQL_THRESHOLD) == pytest.approx(
         expected)
 
 
@@ -74,9 +75,10 @@ def test_approve_deploys_staging_smoke_tests_it_then_promote_deploys_prod(state)
     approval = deploy.approve(state, 1, by="ana", reason="beats the baselines")
     version = registry.get(MODEL_GROUP, 1)
     assert version.approval_status == "Approved" and version.tags["approval_by"] == "ana"
-    assert approval["staging"]["EndpointStatus"] == "InService" and approval["staging"]["ModelVersion"] == 1
-    assert approval["smoke_test"]["passed"], approval["smoke_test"]
-    assert approval["threshold"]["new_threshold"] < 1.0  # the rule ran on approval
+    assert approval.staging["EndpointStatus"] == "InService" and approval.staging["ModelVersion"] == 1
+    assert "ModelPath" not in approval.staging  # a local path is the endpoint's own business, as on SageMaker
+    assert approval.smoke_test.passed, approval.smoke_test
+    assert approval.threshold.new_threshold < 1.0  # the rule ran on approval
 
     promoted = deploy.promote(state, by="ben", reason="staging is fine")
     assert promoted["EndpointStatus"] == "InService" and promoted["ModelVersion"] == 1
@@ -84,8 +86,8 @@ def test_approve_deploys_staging_smoke_tests_it_then_promote_deploys_prod(state)
     history = deploy.DeploymentLog(Paths.at(state)).history()
     assert history[["endpoint", "model_version", "status", "by"]].values.tolist() == [
         ["staging", 1, "InService", "ana"], ["prod", 1, "InService", "ben"]]
-    prediction = deploy.invoke(state, "prod", deploy.deepar_request(deploy.latest_minutes(state, 300)))
-    assert len(prediction["predictions"][0]["mean"]) == 30
+    answer = deploy.invoke(state, "prod", deepar_request(deploy.latest_minutes(state, 300)))
+    assert len(answer.predictions[0]["mean"]) == 30 and answer.variant == "model-v1"  # the variant names the version
     assert registry.stage_aliases() == {"staging": 1, "prod": 1}  # what the MLflow UI shows
     described = {int(v.version): v.description for v in registry.client.search_model_versions(f"name='{MODEL_GROUP}'")}
     assert described[1] == "Approved: beats the baselines (by ana)"
@@ -131,7 +133,7 @@ def test_an_endpoint_restarted_serves_the_same_version(state):
     deploy.stop_endpoint(state, "staging")
     assert deploy.describe(state, "staging")["EndpointStatus"] == "OutOfService"
     assert deploy.start_endpoint(state, "staging")["ModelVersion"] == 1
-    assert deploy.smoke_test(state, "staging")["passed"]
+    assert deploy.smoke_test(state, "staging").passed
 
 
 def test_a_deploy_that_fails_keeps_the_old_version_and_says_why(state):
@@ -173,7 +175,7 @@ def test_each_endpoint_captures_the_forecasts_it_served(state):
 
     paths = Paths.at(state)
     deploy.approve(state, 1, by="ana", reason="ok")  # its smoke test is the first request staging serves
-    request = deploy.deepar_request(deploy.latest_minutes(state, 300))
+    request = deepar_request(deploy.latest_minutes(state, 300))
     response = httpx.post(f"{deploy.url(paths, 'staging')}/endpoints/staging/invocations", json=request, timeout=60)
     events = read_capture(deploy.capture_dir(paths, "staging"))
     assert len(events) == 2

@@ -136,6 +136,15 @@ def test_as_of_reads_what_was_known_at_an_event_time(group):
     assert known_then["tx_count"].tolist() == [10] and known_now["tx_count"].tolist() == [11, 20]
 
 
+def test_the_latest_revision_sql_is_portable_to_athena(group):
+    """Athena's engine has no QUALIFY: the latest revision is a row_number() subquery, which both engines run."""
+    group.put_records([minute(0, tx_count=10)], "b1")
+    group.put_records([minute(0, revision=1, tx_count=11)], "b2")
+    for query in (group.latest_sql('"window_start" >= ?', [T0], as_of=T0 + 3600)[0], group.hourly_sql()):
+        assert "QUALIFY" not in query.upper() and "ROW_NUMBER() OVER" in query.upper()
+    assert group.latest()["tx_count"].tolist() == [11] and "latest_revision" not in group.latest().columns
+
+
 def test_training_dataset_has_one_row_per_minute_on_a_complete_grid(group):
     group.put_records([minute(i, tx_count=i + 1) for i in range(10) if i not in (3, 4, 7)], "b1")
     group.put_records([minute(2, revision=1, tx_count=99)], "b2")

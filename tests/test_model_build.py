@@ -68,7 +68,7 @@ def test_pipeline_registers_a_version_pending_approval_carrying_everything(state
     assert version.metrics["mean_wQuantileLoss"] == execution.outputs["mean_wQuantileLoss"]
 
     predictor = deepar.load(ModelRegistry(Paths.at(state).registry).model_path(version.group, version.version))
-    series = model_build.target_series(execution)
+    series = execution.target
     forecast = deepar.forecast(predictor, series.index[0], [series.to_numpy()[:-30]], "1min", (0.1, 0.5, 0.9))
     assert forecast["0.5"].shape == (1, 30) and (forecast["0.1"] <= forecast["0.9"]).all()
 

@@ -13,6 +13,7 @@ from test_model_build import SMALL, set_gate
 from conftest import PINNED_NOW, private_copy, wait_for
 from helpers import alarms, daemon, deploy, ingest, model_build, monitor, retrain, services
 from helpers.config import Paths
+from helpers.deepar_json import deepar_request
 from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
 from helpers.params import WQL_THRESHOLD, ParameterStore
 from helpers.pipeline import ExecutionStore
@@ -60,7 +61,7 @@ def forecast_back_then(state, stage: str, origins: list[pd.Timestamp]) -> None:
     """Ask ``stage`` for forecasts as the application would have at each origin (history up to it)."""
     series = deploy.latest_minutes(state, 2 * 1440)
     for origin in origins:
-        deploy.invoke(state, stage, deploy.deepar_request(series[:origin - pd.Timedelta(minutes=1)].iloc[-600:]))
+        deploy.invoke(state, stage, deepar_request(series[:origin - pd.Timedelta(minutes=1)].iloc[-600:]))
 
 
 def test_each_stage_is_scored_on_its_own_forecasts_over_every_matured_point(serving):

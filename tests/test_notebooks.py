@@ -87,7 +87,8 @@ def test_the_notebooks_in_order_01_to_05(tmp_path):
         outputs, figures = run("04_deploy.ipynb", tmp_path, state_dir=str(state))
         text = text_of(outputs)
         assert len(figures) == 1 and "smoke test on staging: passed" in text and "boto3 InvokeEndpoint" in text
-        assert "400 {'error'" in text
+        assert "staging answered 400: instances[0].start: 'yesterday' is not a time" in text  # the field, the fix
+        assert "InvokeEndpoint: application/json - variant model-v1 - model version 1" in text
         for name in deploy.ENDPOINTS:
             described = deploy.describe(state, name)
             assert described["EndpointStatus"] == "InService" and described["ModelVersion"] == 1

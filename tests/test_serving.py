@@ -125,7 +125,7 @@ def test_deploy_update_and_restart(models, tmp_path, monkeypatch):
             pending = pool.submit(deploy, client, 2, models[2])
             wait_for(lambda: describe(client)["EndpointStatus"] == "Updating", timeout_s=30, what="Updating")
             during = client.post("/invocations", json=request(num_samples=10))
-            assert during.status_code == 200 and during.headers["x-model-version"] == "1"
+            assert during.status_code == 200 and during.headers[serving.VARIANT_HEADER] == "model-v1"
             assert deploy(client, 3, models[2]).status_code == 409  # one update at a time
             release.set()
             updated = pending.result().json()
@@ -139,9 +139,9 @@ def test_deploy_update_and_restart(models, tmp_path, monkeypatch):
         restarted = describe(client)
         assert (restarted["EndpointStatus"], restarted["ModelVersion"], restarted["PreviousModelVersion"]) == (
             "InService", 2, 1)
-        assert client.post("/invocations", json=request()).headers["x-model-version"] == "2"
+        assert client.post("/invocations", json=request()).headers[serving.VARIANT_HEADER] == "model-v2"
         assert client.post("/admin/rollback").json()["ModelVersion"] == 1
-        assert client.post("/invocations", json=request()).headers["x-model-version"] == "1"
+        assert client.post("/invocations", json=request()).headers[serving.VARIANT_HEADER] == "model-v1"
 
 
 def test_failed_deploys_keep_the_served_version(models, tmp_path, monkeypatch):
@@ -164,7 +164,7 @@ def test_failed_deploys_keep_the_served_version(models, tmp_path, monkeypatch):
         monkeypatch.setattr(deepar, "load", lambda path: object())  # loads, but cannot forecast
         assert deploy(client, 3, models[2]).status_code == 409
         assert client.get("/ping").status_code == 200
-        assert client.post("/invocations", json=request()).headers["x-model-version"] == "1"
+        assert client.post("/invocations", json=request()).headers[serving.VARIANT_HEADER] == "model-v1"
         assert client.post("/admin/rollback").status_code == 409  # nothing to roll back to
 
 
@@ -177,25 +177,25 @@ def test_swap_under_load_drops_no_request(models, tmp_path):
             with httpx.Client(base_url=client.base_url, trust_env=False, timeout=60) as own:
                 while not stop.is_set():
                     response = own.post("/invocations", json=request(SERIES[:60], num_samples=20))
-                    results.append((response.status_code, response.headers.get("x-model-version")))
+                    results.append((response.status_code, response.headers.get(serving.VARIANT_HEADER)))
 
         def served_after(count: int, version: str) -> bool:
             return any(served == version for _, served in results[count:])
 
         with ThreadPoolExecutor(8) as pool:
             senders = [pool.submit(send) for _ in range(8)]
-            wait_for(lambda: served_after(0, "1"), timeout_s=60, what="responses from version 1")
+            wait_for(lambda: served_after(0, "model-v1"), timeout_s=60, what="responses from version 1")
             assert deploy(client, 2, models[2]).status_code == 200
             count = len(results)
-            wait_for(lambda: served_after(count, "2"), timeout_s=60, what="responses from version 2")
+            wait_for(lambda: served_after(count, "model-v2"), timeout_s=60, what="responses from version 2")
             assert client.post("/admin/rollback").json()["ModelVersion"] == 1
             count = len(results)
-            wait_for(lambda: served_after(count, "1"), timeout_s=60, what="responses from version 1 again")
+            wait_for(lambda: served_after(count, "model-v1"), timeout_s=60, what="responses from version 1 again")
             stop.set()
             for sender in senders:
                 sender.result()  # a connection error in a sender fails the test here
         assert Counter(status for status, _ in results) == {200: len(results)}
-        assert {served for _, served in results} == {"1", "2"}
+        assert {served for _, served in results} == {"model-v1", "model-v2"}
 
 
 # ---- DeepAR JSON in and out ------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_swap_under_load_drops_no_request(models, tmp_path):
 def test_default_output_is_mean_and_nine_ordered_quantiles(endpoint):
     response = endpoint.post("/invocations", json=request())
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
-    assert response.headers["x-model-version"] == "1"
+    assert response.headers[serving.VARIANT_HEADER] == "model-v1"
     [prediction] = response.json()["predictions"]
     assert set(prediction) == {"mean", "quantiles"}
     assert list(prediction["quantiles"]) == [f"0.{i}" for i in range(1, 10)]

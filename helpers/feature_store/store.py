@@ -17,7 +17,6 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -26,6 +25,7 @@ import pandas as pd
 
 from helpers.clock import as_unix, from_unix
 from helpers.feature_store.definition import FeatureGroupDefinition, FeatureStoreError
+from helpers.feature_store.interface import TrainingDataset
 from helpers.feature_store.offline import CATALOG_SCHEMA, OfflineStore
 from helpers.sqlite import SQLiteFile
 
@@ -80,17 +80,6 @@ class FeatureStore(SQLiteFile):
 
     def describe_feature_group(self, name: str) -> dict:
         return self.feature_group(name).describe()
-
-
-@dataclass
-class TrainingDataset:
-    """Exactly one row per grid slot in [start, end): the latest revision, gaps as NaN."""
-
-    frame: pd.DataFrame  # indexed by the slot's UTC start
-    start: pd.Timestamp
-    end: pd.Timestamp
-    gaps: int  # slots with no record
-    as_of: pd.Timestamp | None = None
 
 
 class FeatureGroup:
@@ -245,6 +234,12 @@ GROUP BY 1 ORDER BY 1 DESC LIMIT 12"""
 
     def latest(self, where: str = "TRUE", params: list | None = None, as_of=None) -> pd.DataFrame:
         """One row per record id, the latest (as known at event time ``as_of``, if given), sorted by id."""
+        query, values = self.latest_sql(where, params, as_of)
+        return self.sql(query, values).drop(columns="latest_revision")
+
+    def latest_sql(self, where: str = "TRUE", params: list | None = None, as_of=None) -> tuple[str, list]:
+        """:meth:`latest`'s query and its values. A ``row_number()`` subquery, not DuckDB's ``QUALIFY``: Athena's
+        engine has no QUALIFY, and the AWS twin runs this same query there."""
         d = self.definition
         clauses, values = [f"({where})"], list(params or [])
         if as_of is not None:
@@ -252,10 +247,11 @@ GROUP BY 1 ORDER BY 1 DESC LIMIT 12"""
                 raise FeatureStoreError("as_of needs a Fractional (unix seconds) event-time feature")
             clauses.append(f'"{d.event_time_feature}" <= ?')
             values.append(as_unix(as_of, "as_of"))
-        return self.sql(
-            f'SELECT * FROM "{self.table_name}" WHERE {" AND ".join(clauses)} QUALIFY row_number() OVER ('
-            f'PARTITION BY "{d.record_identifier}" ORDER BY "{d.event_time_feature}" DESC, api_invocation_time DESC'
-            f') = 1 ORDER BY "{d.record_identifier}"', values)
+        query = (f'SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY "{d.record_identifier}" ORDER BY '
+                 f'"{d.event_time_feature}" DESC, api_invocation_time DESC) AS latest_revision '
+                 f'FROM "{self.table_name}" WHERE {" AND ".join(clauses)}) '
+                 f'WHERE latest_revision = 1 ORDER BY "{d.record_identifier}"')
+        return query, values
 
     def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         """First and last grid slot in the offline store, or None when it is empty."""
@@ -285,6 +281,10 @@ GROUP BY 1 ORDER BY 1 DESC LIMIT 12"""
                                gaps=int(frame.isna().all(axis=1).sum()),
                                as_of=None if as_of is None else pd.Timestamp(as_unix(as_of, "as_of"), unit="s",
                                                                              tz="UTC"))
+
+    def offline_stats(self) -> dict:
+        """The offline store's files and rows: what compaction merges."""
+        return self.offline.stats()
 
     def compact(self) -> dict:
         """Merge small offline files (one per day), then delete replaced files past their retention."""

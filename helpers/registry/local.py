@@ -11,33 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from helpers.config import Paths
+from helpers.pipeline import ExecutionStore
+from helpers.registry.interface import APPROVAL_STATUSES, MODEL_GROUP, ModelVersion
+
 log = logging.getLogger("helpers.registry")
 
-MODEL_GROUP = "btc-avg-fee-deepar"  # the model package group
 EXPERIMENT = "model-build"
-APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
-
-
-@dataclass
-class ModelVersion:
-    group: str
-    version: int
-    approval_status: str
-    metrics: dict
-    baselines: dict
-    hyperparameters: dict
-    data_range: dict
-    feature_group: str
-    pipeline_execution_id: str
-    run_id: str
-    artifact_uri: str
-    created_at: pd.Timestamp
-    tags: dict
 
 
 class ModelRegistry:
@@ -188,3 +172,47 @@ def _flat_metrics(metrics: dict, baselines: dict) -> dict[str, float]:
 
 def _metric_name(key: str) -> str:
     return key.replace("[", "_").replace("]", "").replace("-", "_to_")
+
+
+class LocalRegistry:
+    """The registry stage on this machine: the MLflow registry, opened on first use."""
+
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self._models: ModelRegistry | None = None
+
+    @property
+    def models(self) -> ModelRegistry:
+        if self._models is None:
+            self._models = ModelRegistry(self.paths.registry)
+        return self._models
+
+    def versions(self) -> pd.DataFrame:
+        return self.models.versions()
+
+    def get(self, version: int) -> ModelVersion:
+        return self.models.get(MODEL_GROUP, version)
+
+    def latest(self, status: str | None = None) -> ModelVersion | None:
+        return self.models.latest(status=status)
+
+    def pending(self) -> ModelVersion:
+        pending = self.latest(status="PendingManualApproval")
+        if pending is None:
+            raise ValueError(f"no model version is pending approval: {why_nothing_is_pending(self.paths)}")
+        return pending
+
+
+def why_nothing_is_pending(paths: Paths) -> str:
+    """The newest model build's outcome, as a reason and what to run next."""
+    builds = ExecutionStore(paths.pipelines).list("model-build", limit=1)
+    rebuild = "run notebook 03 (or python -m helpers train)"
+    if builds.empty:
+        return f"no model has been built yet: {rebuild}"
+    last = builds.iloc[0]
+    if last["status"] == "FailedQualityGate":
+        return (f"the last model build ({last['execution_id']}) was rejected by the quality gate: "
+                f"{last['failure_reason'].removeprefix('QualityGate: ')}. Notebook 03 says what to do; then {rebuild}")
+    if last["status"] != "Succeeded":
+        return f"the last model build ({last['execution_id']}) {last['status']}: {last['failure_reason']}; {rebuild}"
+    return f"the last build's version has been decided already: {rebuild} for a new one"

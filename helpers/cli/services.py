@@ -1,0 +1,35 @@
+"""Commands for every local service at once: stop, reset; and demo, every notebook headless."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    commands.add_parser("stop", help="stop every local service cleanly: monitor, retrain, endpoints, the stream (it "
+                                     "checkpoints first)").set_defaults(run=_stop)
+    commands.add_parser("reset", help="stop every local service and delete the local stream, features, models and "
+                                      "endpoints").set_defaults(run=_reset)
+    demo = commands.add_parser("demo", help="run the notebooks headless in local mode (what `make demo` does)")
+    demo.add_argument("notebooks", nargs="+", type=Path)
+    demo.add_argument("--out", type=Path, default=Path("build/notebooks"))
+    demo.set_defaults(run=_demo)
+
+
+def _stop(args) -> int:
+    from helpers.cli.common import workshop
+
+    still = workshop(args).teardown().still_running
+    print("every local service stopped" if not still else f"still running: {still}")
+    return 1 if still else 0
+
+
+def _reset(args) -> None:
+    from helpers import services
+
+    services.reset(args.state_dir)
+
+
+def _demo(args) -> None:
+    from helpers.notebooks import demo
+
+    demo(args.notebooks, args.out)
