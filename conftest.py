@@ -14,26 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.events import EVENT_DTYPE
+from helpers.core.events import EVENT_DTYPE
 
 
 def pytest_configure(config):
     os.environ["TZ"] = "Pacific/Kiritimati"  # UTC+14
     time.tzset()
-    from helpers.clock import PINNED_NOW_ENV
+    from helpers.core.times import PINNED_NOW_ENV
     from helpers.notebooks import PINNED_NOW
 
     os.environ[PINNED_NOW_ENV] = PINNED_NOW  # nbval's notebooks and every stream: the same market at any hour
     config._state_dir = tempfile.mkdtemp(prefix="mlops-test-state-")
     os.environ["MLOPS_STATE_DIR"] = config._state_dir
-    from helpers.daemon import free_port
+    from helpers.local.daemon import free_port
 
     for name in ("STAGING", "PROD"):  # never the default ports a learner's own endpoints may hold
         os.environ[f"MLOPS_{name}_PORT"] = str(free_port())
 
 
 def pytest_unconfigure(config):
-    from helpers import services
+    from helpers.local import services
 
     services.stop_all(config._state_dir)
     shutil.rmtree(config._state_dir, ignore_errors=True)
@@ -72,7 +72,7 @@ def snapshot_feature_store(state: Path, destination: Path) -> Path:
 
 def private_copy(state: Path, tmp_path: Path, monkeypatch) -> Path:
     """A copy of a prepared state directory, whose endpoints get ports of their own."""
-    from helpers.daemon import free_port
+    from helpers.local.daemon import free_port
 
     copy = tmp_path / "state"
     shutil.copytree(state, copy)
@@ -95,7 +95,7 @@ def wait_for(predicate, timeout_s=120, what="condition"):
 @pytest.fixture
 def state_dir(tmp_path):
     """A private state directory; any service started in it is stopped afterwards."""
-    from helpers import services
+    from helpers.local import services
 
     path = tmp_path / "state"
     yield path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.clock import utc_now
+from helpers.core.times import utc_now
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from bench.common import Record, percentile, timed
-from helpers import ingest
-from helpers.config import Paths
 from helpers.feature_store import open_tx_per_minute
+from helpers.ingestion import ingest
+from helpers.local.config import Paths
 from helpers.notebooks import PINNED_NOW
 
 DAYS = 30

@@ -6,13 +6,14 @@ import threading
 import time
 
 from bench.common import Record, percentile
-from helpers import ingest
-from helpers.clock import SimClock, minute_iso
-from helpers.config import Paths
-from helpers.eventlog import EventLog
+from helpers.core.times import minute_iso
 from helpers.feature_store import open_tx_per_minute
-from helpers.sources.simulator import Simulator, SimulatorConfig
-from helpers.stream import StreamJob
+from helpers.ingestion import ingest
+from helpers.ingestion.eventlog import EventLog
+from helpers.ingestion.sources.simulator import Simulator, SimulatorConfig
+from helpers.ingestion.stream import StreamJob
+from helpers.local.clock import SimClock
+from helpers.local.config import Paths
 
 WEEK_START = 1_798_761_600  # 2027-01-01T00:00Z: a fixed week, so every run streams the same transactions
 

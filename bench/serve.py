@@ -12,13 +12,18 @@ from dataclasses import replace
 import httpx
 
 from bench.common import Record, percentile, timed
-from helpers import daemon, deepar, deploy, ingest, model_build
-from helpers.config import Paths
-from helpers.deepar_json import deepar_request
-from helpers.metrics import DEFAULT_QUANTILES
+from helpers.core.deepar_json import deepar_request
+from helpers.core.hyperparameters import DeepARHyperparameters
+from helpers.core.metrics import DEFAULT_QUANTILES
+from helpers.core.preparation import BuildSettings
+from helpers.endpoints import deploy
+from helpers.ingestion import ingest
+from helpers.local import daemon
+from helpers.local.config import Paths
 from helpers.notebooks import PINNED_NOW
-from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
 from helpers.registry import MODEL_GROUP, ModelRegistry
+from helpers.training import deepar, model_build
+from helpers.training.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
 
 REQUESTS_1_CLIENT = 200
 CLIENTS, REQUESTS_PER_CLIENT = 16, 25
@@ -32,7 +37,7 @@ def run() -> list[Record]:
         params = ParameterStore(Paths.at(tmp).params)  # a short training times inference; the gate must not judge it
         params.put(WQL_THRESHOLD, 10.0, by="bench")
         params.put(BASELINE_MARGIN, 100.0, by="bench")
-        quick = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=2), training_days=1.9,
+        quick = BuildSettings(hyperparameters=DeepARHyperparameters(epochs=2), training_days=1.9,
                                           n_test_windows=4)
         for seed in (1, 2):  # the default architecture; a short training is enough to time inference
             build = model_build.run(tmp, replace(quick, seed=seed))

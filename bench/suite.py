@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.common import Record
-from helpers import monitor, services
-from helpers.clock import PINNED_NOW_ENV
-from helpers.daemon import free_port
+from helpers.core.times import PINNED_NOW_ENV
+from helpers.local import services
+from helpers.local.daemon import free_port
+from helpers.monitoring import monitor
 from helpers.notebooks import PINNED_NOW, ci_runs, run_notebook
 
 RUNS = 3

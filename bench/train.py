@@ -19,13 +19,16 @@ import numpy as np
 import pandas as pd
 
 from bench.common import Record
-from helpers import gate, ingest, model_build
-from helpers.baselines import baseline_forecasts
-from helpers.config import Paths
-from helpers.metrics import mean_weighted_quantile_loss
-from helpers.oracle import oracle_forecasts
-from helpers.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
-from helpers.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.core import gate
+from helpers.core.baselines import baseline_forecasts
+from helpers.core.metrics import mean_weighted_quantile_loss
+from helpers.core.preparation import BuildSettings
+from helpers.ingestion import ingest
+from helpers.ingestion.sources.oracle import oracle_forecasts
+from helpers.ingestion.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.local.config import Paths
+from helpers.training import model_build
+from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
 
 WEEK_START = 1_767_571_200  # 2026-01-05T00:00Z: a fixed week, so every run trains on the same data
 SEED = 42
@@ -41,7 +44,7 @@ def run() -> list[Record]:
 
 
 def fixed_week() -> list[Record]:
-    settings = model_build.BuildSettings(seed=SEED)
+    settings = BuildSettings(seed=SEED)
     with tempfile.TemporaryDirectory() as tmp:
         ingest.backfill(tmp, days=7.0 + settings.n_test_windows * 30 / 1440 + 0.05, seed=SEED, start=WEEK_START,
                         progress=False)
@@ -94,7 +97,7 @@ def decide(score: float, baselines: dict[str, float]) -> gate.GateDecision:
 def one_build(i: int, end: int) -> dict:
     """DeepAR, a one-batch DeepAR, the baselines and the oracle on one history's test windows."""
     seed = i + 1
-    settings = model_build.BuildSettings(seed=seed)
+    settings = BuildSettings(seed=seed)
     series, start = history(seed, end, settings.training_days)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -118,7 +121,7 @@ def one_build(i: int, end: int) -> dict:
 def oracle_only(i: int, end: int) -> dict:
     """The oracle, a clearly worse oracle and the baselines on one history's test windows (no training)."""
     seed = 10_000 + i
-    settings = model_build.BuildSettings()
+    settings = BuildSettings()
     series, start = history(seed, end, 4.5)  # enough for the baselines' back-tests
     horizon = settings.hyperparameters.prediction_length
     origins = [len(series) - (settings.n_test_windows - k) * horizon for k in range(settings.n_test_windows)]
@@ -142,7 +145,7 @@ def many_builds() -> list[Record]:
     oracle_cases = [*({"oracle": b["oracle"], "best_baseline": b["best_baseline"],
                        "passed": decide(b["oracle"], {"best": b["best_baseline"]}).passed} for b in builds), *study]
     worse_rejections = [*frame["worse_rejected"], *frame["one_batch_rejected"], *(s["worse_rejected"] for s in study)]
-    details = {"builds": builds, "test_windows": model_build.BuildSettings().n_test_windows,
+    details = {"builds": builds, "test_windows": BuildSettings().n_test_windows,
                "gate": {"threshold": MODEL_BUILD_DEFAULTS[WQL_THRESHOLD],
                         "margin": MODEL_BUILD_DEFAULTS[BASELINE_MARGIN]},
                "vs_oracle": {"p10": float(vs_oracle.quantile(0.1)), "p90": float(vs_oracle.quantile(0.9)),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from helpers.config import Paths
+from helpers.local.config import Paths
 
 BACKENDS = ("local", "aws")
 
@@ -46,7 +46,7 @@ class LocalBackend:
         return open_tx_per_minute(self.paths.feature_store)
 
     def parameters(self):
-        from helpers.params import ParameterStore
+        from helpers.training.params import ParameterStore
 
         return ParameterStore(self.paths.params)
 
@@ -71,7 +71,7 @@ class LocalBackend:
         return LocalMonitor(self.paths)
 
     def teardown(self) -> Teardown:
-        from helpers import services
+        from helpers.local import services
 
         was_running = services.running(self.paths.root)
         still = services.stop_all(self.paths.root)

@@ -9,14 +9,14 @@ import json
 import time
 from pathlib import Path
 
-from helpers.config import REPO_ROOT
+from helpers.local.config import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 # A simulated "now" fixed in advance, for runs that must be the same at any hour: the market history, the features,
 # the model and the gate's decision depend on it, never on the wall clock. The tests and make demo set it as
-# $MLOPS_PINNED_NOW (helpers.clock.pinned_now), which notebook 01's stream and notebook 03's data end default to.
+# $MLOPS_PINNED_NOW (helpers.core.times.pinned_now), which notebook 01's stream and notebook 03's data end default to.
 PINNED_NOW = "2026-11-30T12:00:00Z"
 # CI mode: the pinned instant, and shorter watching and plotting. The model is the real one, on 7 days: training
 # time does not grow with the history, and the benchmarks measure the model and its gate on 7-day builds.
@@ -62,8 +62,8 @@ def demo(notebooks: list[Path], out_dir: Path) -> None:
     """Run every notebook in order in local mode at the pinned instant, then stop the services they started."""
     import os
 
-    from helpers import services
-    from helpers.clock import PINNED_NOW_ENV
+    from helpers.core.times import PINNED_NOW_ENV
+    from helpers.local import services
 
     os.environ.setdefault(PINNED_NOW_ENV, PINNED_NOW)  # the same run at any hour; the notebooks' kernels inherit it
     try:

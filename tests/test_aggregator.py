@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_events
-from helpers.aggregator import Aggregator, WindowConfig
-from helpers.checkpoint import Checkpoint
+from helpers.core.aggregator import Aggregator, WindowConfig
+from helpers.ingestion.checkpoint import Checkpoint
 
 M = 1_800_000_000 // 60 * 60  # a minute boundary (2027-01-15T08:00:00Z)
 

@@ -1,8 +1,8 @@
 """The alarm rule, row by row from CloudWatch's documentation, and the metric store's idempotence."""
 import pytest
 
-from helpers import alarms
-from helpers.alarms import ALARM, INSUFFICIENT_DATA, OK, AlarmSettings
+from helpers.monitoring import alarms
+from helpers.monitoring.alarms import ALARM, INSUFFICIENT_DATA, OK, AlarmSettings
 
 
 def _points(pattern: str) -> list[float | None]:

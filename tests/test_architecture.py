@@ -67,13 +67,14 @@ def test_the_circle_finder_finds_a_circle():
 
 def test_no_module_of_helpers_imports_itself_back():
     graph = import_graph()
-    assert {"helpers.monitor", "helpers.retrain", "helpers.ingest", "helpers.services"} <= set(graph)
+    assert {"helpers.monitoring.monitor", "helpers.monitoring.retrain", "helpers.ingestion.ingest",
+            "helpers.local.services"} <= set(graph)
     assert circles(graph) == []
 
 
 # The pure logic both backends share (and the Flink job, the Lambdas and the processing scripts will), and the
 # stages' interfaces: none of it may reach SQLite, HTTP, AWS, a local store or a server, even through another module.
-PURE = ["helpers.policies", "helpers.gate", "helpers.metrics", "helpers.baselines", "helpers.deepar_json",
+PURE = [*(f"helpers.core.{path.stem}" for path in (PACKAGE / "core").glob("[a-z]*.py")),
         "helpers.ingestion.interface", "helpers.feature_store.interface", "helpers.training.interface",
         "helpers.registry.interface", "helpers.endpoints.interface", "helpers.monitoring.interface"]
 MACHINERY = {"sqlite3", "httpx", "boto3", "botocore", "duckdb", "mlflow", "fastapi", "uvicorn", "torch"}
@@ -113,6 +114,13 @@ def test_the_pure_core_and_the_interfaces_reach_no_local_machinery():
 def test_the_machinery_check_sees_an_import_of_sqlite(tmp_path):
     (tmp_path / "m.py").write_text("import sqlite3\nfrom httpx import get\nfrom .x import y\n")
     assert third_party_imports(tmp_path / "m.py") & MACHINERY == {"sqlite3", "httpx"}
+
+
+def test_the_core_imports_only_the_core():
+    graph = import_graph()
+    outside = {module: sorted(m for m in imported if not m.startswith("helpers.core"))
+               for module, imported in graph.items() if module.startswith("helpers.core.")}
+    assert {module: found for module, found in outside.items() if found} == {}
 
 
 def test_importing_the_pure_core_and_the_interfaces_loads_no_machinery():

@@ -6,11 +6,13 @@ import pytest
 from test_model_build import SMALL, set_gate
 
 from conftest import PINNED_NOW, private_copy
-from helpers import deploy, ingest, model_build
-from helpers.config import Paths
-from helpers.deepar_json import deepar_request
-from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
+from helpers.core.deepar_json import deepar_request
+from helpers.endpoints import deploy
+from helpers.ingestion import ingest
+from helpers.local.config import Paths
 from helpers.registry import MODEL_GROUP, ModelRegistry
+from helpers.training import model_build
+from helpers.training.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +173,7 @@ def test_each_endpoint_captures_the_forecasts_it_served(state):
 
     import httpx
 
-    from helpers.serving import read_capture
+    from helpers.endpoints.serving import read_capture
 
     paths = Paths.at(state)
     deploy.approve(state, 1, by="ana", reason="ok")  # its smoke test is the first request staging serves

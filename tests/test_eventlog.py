@@ -2,8 +2,8 @@
 import multiprocessing
 
 from conftest import make_events
-from helpers.eventlog import EventLog
-from helpers.events import EventBatch
+from helpers.core.events import EventBatch
+from helpers.ingestion.eventlog import EventLog
 
 PRODUCERS, BATCHES = 3, 40
 

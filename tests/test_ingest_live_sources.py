@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from conftest import wait_for
-from helpers import ingest
-from helpers.config import Paths
-from helpers.events import hash_hex
+from helpers.core.events import hash_hex
 from helpers.feature_store import open_tx_per_minute
-from helpers.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.ingestion import ingest
+from helpers.ingestion.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.local.config import Paths
 
 pytestmark = pytest.mark.slow
 SPEED = 60  # the fake API's mempool moves an hour per wall minute

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 
 from conftest import wait_for
-from helpers import ingest, services
-from helpers.aggregator import WindowConfig
-from helpers.clock import minute_iso
-from helpers.config import Paths
-from helpers.eventlog import EventLog
-from helpers.events import hash_hex
+from helpers.core.aggregator import WindowConfig
+from helpers.core.events import hash_hex
+from helpers.core.times import minute_iso
 from helpers.feature_store import open_tx_per_minute
-from helpers.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.ingestion import ingest
+from helpers.ingestion.eventlog import EventLog
+from helpers.ingestion.sources.simulator import SimulatorConfig, TransactionModel
+from helpers.local import services
+from helpers.local.config import Paths
 
 pytestmark = pytest.mark.slow
 PINNED_NOW = 1_800_000_000 // 60 * 60  # 2027-01-15T08:00Z
@@ -41,7 +42,7 @@ def finished(state_dir):
 
 def test_service_outlives_its_starter_reports_health_and_stops_on_sigterm(state_dir):
     # Started from a short-lived child process, as a notebook kernel that then dies would.
-    code = f"from helpers import ingest; ingest.start({str(state_dir)!r}, backfill_days=0.1, speed=60)"
+    code = f"from helpers.ingestion import ingest; ingest.start({str(state_dir)!r}, backfill_days=0.1, speed=60)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     current = wait_for(lambda: ingest.status(state_dir)["running"] and ingest.status(state_dir), what="service")
     assert os.getsid(current["pid"]) != os.getsid(0)  # its own session: a closed terminal or kernel won't take it

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from conftest import wait_for
-from helpers.config import REPO_ROOT
-from helpers.daemon import free_port
+from helpers.local.config import REPO_ROOT
+from helpers.local.daemon import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import pytest
 from gluonts.evaluation import Evaluator
 from gluonts.model.forecast import QuantileForecast
 
-from helpers.baselines import DAY, baseline_forecasts, naive_last_value, seasonal_naive
-from helpers.metrics import (
+from helpers.core.baselines import DAY, baseline_forecasts, naive_last_value, seasonal_naive
+from helpers.core.metrics import (
     DEFAULT_QUANTILES,
     coverage,
     evaluate,

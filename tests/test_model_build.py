@@ -9,15 +9,18 @@ import pandas as pd
 import pytest
 
 from conftest import PINNED_NOW
-from helpers import deepar, ingest, model_build
-from helpers.config import Paths
+from helpers.core.hyperparameters import DeepARHyperparameters, HyperparameterError
+from helpers.core.preparation import BuildSettings
 from helpers.feature_store import open_tx_per_minute
-from helpers.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
-from helpers.pipeline import ExecutionStore, Pipeline, Step
+from helpers.ingestion import ingest
+from helpers.local.config import Paths
 from helpers.registry import ModelRegistry
+from helpers.training import deepar, model_build
+from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
+from helpers.training.pipeline import ExecutionStore, Pipeline, Step
 
-SMALL = model_build.BuildSettings(
-    hyperparameters=deepar.DeepARHyperparameters(context_length=30, epochs=2, num_batches_per_epoch=5,
+SMALL = BuildSettings(
+    hyperparameters=DeepARHyperparameters(context_length=30, epochs=2, num_batches_per_epoch=5,
                                                  num_instances_per_pass=16, num_cells=16),
     training_days=1.5, n_test_windows=4, n_validation_windows=2, num_samples=50)
 
@@ -77,8 +80,9 @@ def test_the_same_data_and_seed_give_exactly_the_same_metrics_in_any_process(sta
     set_gate(state, 1.0)
     first = model_build.run(state, SMALL)
     in_another_process = subprocess.run(
-        [sys.executable, "-c", "import sys, json; from helpers import model_build as m; print(json.dumps(m.run("
-                               "sys.argv[1], m.BuildSettings.from_parameters(json.loads(sys.argv[2]))).outputs))",
+        [sys.executable, "-c", "import sys, json; from helpers.training import model_build as m; "
+                               "from helpers.core.preparation import BuildSettings; print(json.dumps(m.run("
+                               "sys.argv[1], BuildSettings.from_parameters(json.loads(sys.argv[2]))).outputs))",
          str(state), json.dumps(first.parameters)], capture_output=True, text=True, timeout=300, check=True)
     second = json.loads(in_another_process.stdout.strip().splitlines()[-1])
     metrics = ("mean_wQuantileLoss", "best_validation_loss", "baselines_mean_wQuantileLoss", "epochs_run")
@@ -161,12 +165,12 @@ def test_mostly_missing_data_is_refused(tmp_path):
     ({"learning_rate_x": 0.1}, "unknown hyperparameter 'learning_rate_x'"),
 ])
 def test_hyperparameters_out_of_range_are_refused_by_name(values, message):
-    with pytest.raises(deepar.HyperparameterError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        deepar.DeepARHyperparameters.from_dict(values)
+    with pytest.raises(HyperparameterError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        DeepARHyperparameters.from_dict(values)
 
 
 def test_sagemaker_hyperparameters_are_strings_under_sagemaker_names():
-    sagemaker = deepar.DeepARHyperparameters().sagemaker()
+    sagemaker = DeepARHyperparameters().sagemaker()
     assert sagemaker["likelihood"] == "gaussian" and sagemaker["prediction_length"] == "30"
     assert "num_batches_per_epoch" not in sagemaker and all(isinstance(v, str) for v in sagemaker.values())
 

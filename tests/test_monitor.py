@@ -11,13 +11,17 @@ import pytest
 from test_model_build import SMALL, set_gate
 
 from conftest import PINNED_NOW, private_copy, wait_for
-from helpers import alarms, daemon, deploy, ingest, model_build, monitor, retrain, services
-from helpers.config import Paths
-from helpers.deepar_json import deepar_request
-from helpers.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
-from helpers.params import WQL_THRESHOLD, ParameterStore
-from helpers.pipeline import ExecutionStore
+from helpers.core.deepar_json import deepar_request
+from helpers.core.metrics import DEFAULT_QUANTILES, mean_weighted_quantile_loss
+from helpers.endpoints import deploy
+from helpers.ingestion import ingest
+from helpers.local import daemon, services
+from helpers.local.config import Paths
+from helpers.monitoring import alarms, monitor, retrain
 from helpers.registry import ModelRegistry
+from helpers.training import model_build
+from helpers.training.params import WQL_THRESHOLD, ParameterStore
+from helpers.training.pipeline import ExecutionStore
 
 pytestmark = pytest.mark.slow
 HOUR = 3600
@@ -78,7 +82,7 @@ def test_each_stage_is_scored_on_its_own_forecasts_over_every_matured_point(serv
     assert staging["forecasts"] == 1 and staging["points"] == 30  # the smoke test's forecast is another hour's
 
     # the same number, computed independently from the capture and the feature store
-    from helpers.serving import read_capture
+    from helpers.endpoints.serving import read_capture
 
     actuals = deploy.latest_minutes(state, 2 * 1440)
     event = [e for e in read_capture(deploy.capture_dir(Paths.at(state), "staging"))

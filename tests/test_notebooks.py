@@ -6,12 +6,17 @@ import pandas as pd
 import pytest
 
 from conftest import snapshot_feature_store
-from helpers import alarms, deploy, ingest, model_build, monitor, services
-from helpers.config import Paths
+from helpers.core.preparation import BuildSettings
+from helpers.endpoints import deploy
 from helpers.feature_store import open_tx_per_minute
+from helpers.ingestion import ingest
+from helpers.local import services
+from helpers.local.config import Paths
+from helpers.monitoring import alarms, monitor
 from helpers.notebooks import CI_PARAMETERS, NOTEBOOK_DIR, ci_runs, extract_figures, run_notebook
-from helpers.pipeline import ExecutionStore
 from helpers.registry import ModelRegistry
+from helpers.training import model_build
+from helpers.training.pipeline import ExecutionStore
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -108,7 +113,7 @@ def check_the_build_is_reproducible(state, elsewhere) -> None:
     """Notebook 03's build again, on a copy of the features the stream is still writing: the same numbers, exactly."""
     store = ExecutionStore(Paths.at(state).pipelines)
     first = store.get(store.list("model-build", limit=1)["execution_id"].iloc[0])
-    again = model_build.run(snapshot_feature_store(state, elsewhere), model_build.BuildSettings.from_parameters(
+    again = model_build.run(snapshot_feature_store(state, elsewhere), BuildSettings.from_parameters(
         first.parameters))
     assert again.status == first.status, again.failure_reason
     for key in ("mean_wQuantileLoss", "baselines_mean_wQuantileLoss", "best_validation_loss", "epochs_run",

@@ -3,9 +3,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers.metrics import DEFAULT_QUANTILES
-from helpers.oracle import oracle_forecast, oracle_forecasts
-from helpers.sources.simulator import Drift, SimulatorConfig, TransactionModel
+from helpers.core.metrics import DEFAULT_QUANTILES
+from helpers.ingestion.sources.oracle import oracle_forecast, oracle_forecasts
+from helpers.ingestion.sources.simulator import Drift, SimulatorConfig, TransactionModel
 
 T0 = 1_763_337_600  # 2025-11-17T00:00:00Z
 HOUR, DAY = 3600, 86400

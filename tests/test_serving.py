@@ -28,17 +28,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import wait_for
-from helpers import deepar, serving
+from helpers.core.hyperparameters import DeepARHyperparameters
+from helpers.endpoints import serving
+from helpers.training import deepar
 
 pytestmark = pytest.mark.slow
 
 ENDPOINT = "staging"
-HORIZON = deepar.DeepARHyperparameters.prediction_length
+HORIZON = DeepARHyperparameters.prediction_length
 SERIES = [round(100 + 20 * float(np.sin(i / 10)), 3) for i in range(120)]
 
 
 def _train(seed: int, workdir: Path) -> Path:
-    hp = deepar.DeepARHyperparameters(context_length=30, epochs=1, num_batches_per_epoch=3, num_cells=8,
+    hp = DeepARHyperparameters(context_length=30, epochs=1, num_batches_per_epoch=3, num_cells=8,
                                       num_instances_per_pass=8)
     rng = np.random.default_rng(seed)
     minutes = np.arange(3 * 24 * 60)
@@ -474,7 +476,8 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = f"from helpers import serving; serving.serve({ENDPOINT!r}, {port}, {str(tmp_path / 'state.json')!r})"
+    code = (f"from helpers.endpoints import serving; "
+            f"serving.serve({ENDPOINT!r}, {port}, {str(tmp_path / 'state.json')!r})")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def answers() -> bool:

@@ -5,9 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers.clock import SimClock
-from helpers.events import EVENT_DTYPE, hash_keys, vsize
-from helpers.sources.simulator import (
+from helpers.core.events import EVENT_DTYPE, hash_keys, vsize
+from helpers.ingestion.sources.simulator import (
     Drift,
     Simulator,
     SimulatorConfig,
@@ -16,6 +15,7 @@ from helpers.sources.simulator import (
     inject_drift,
     load_drifts,
 )
+from helpers.local.clock import SimClock
 
 T0 = 1_763_337_600  # 2025-11-17T00:00:00Z
 HOUR, DAY = 3600, 86400

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.events import MAX_CLOCK_SKEW_S, validate_transactions
-from helpers.sources.blockchain import BlockchainPoller, append_record, parse_response, retry_after_seconds
-from helpers.sources.replay import CORRUPT_LINE, ReplaySource
+from helpers.core.events import MAX_CLOCK_SKEW_S, validate_transactions
+from helpers.ingestion.sources.blockchain import BlockchainPoller, append_record, parse_response, retry_after_seconds
+from helpers.ingestion.sources.replay import CORRUPT_LINE, ReplaySource
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 

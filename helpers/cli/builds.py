@@ -4,6 +4,8 @@ from __future__ import annotations
 import pandas as pd
 
 from helpers.cli.common import emit, workshop
+from helpers.core.hyperparameters import DeepARHyperparameters
+from helpers.core.preparation import BuildSettings
 
 
 def add_commands(commands) -> None:
@@ -26,9 +28,8 @@ def add_commands(commands) -> None:
 
 
 def _train(args) -> int:
-    from helpers import deepar, model_build
 
-    settings = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=args.epochs),
+    settings = BuildSettings(hyperparameters=DeepARHyperparameters(epochs=args.epochs),
                                          seed=args.seed)
     built = workshop(args).builds.run(settings)
     print(f"{built.execution_id}: {built.status}" + (f" ({built.failure_reason})" if built.failure_reason else ""))

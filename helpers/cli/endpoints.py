@@ -67,8 +67,9 @@ def _mlflow_ui(args) -> int:
 
 
 def _serve_endpoint(args) -> None:
-    from helpers import daemon, deploy, serving
-    from helpers.config import Paths
+    from helpers.endpoints import deploy, serving
+    from helpers.local import daemon
+    from helpers.local.config import Paths
 
     paths = Paths.at(args.state_dir)
     with daemon.holding_pid_file(paths.pid_file(f"endpoint-{args.endpoint}"), f"endpoint {args.endpoint!r}"):

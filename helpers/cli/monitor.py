@@ -43,13 +43,13 @@ def _alarms(args) -> None:
 
 
 def _serve_monitor(args) -> None:
-    from helpers import monitor
+    from helpers.monitoring import monitor
 
     monitor.serve(args.state_dir)
 
 
 def _retrain(args) -> None:
-    from helpers import retrain
+    from helpers.monitoring import retrain
 
     retrain.stop_on_sigterm()
     print(retrain.run(args.state_dir, args.retrain_id))

@@ -24,7 +24,7 @@ def _stop(args) -> int:
 
 
 def _reset(args) -> None:
-    from helpers import services
+    from helpers.local import services
 
     services.reset(args.state_dir)
 

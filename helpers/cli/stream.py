@@ -1,8 +1,8 @@
 """Stream commands: start, status, dead-letters, backfill, drift, speed; serve-ingest (what ``start`` runs)."""
 from __future__ import annotations
 
-from helpers import ingest
 from helpers.cli.common import emit, workshop
+from helpers.ingestion import ingest
 
 
 def add_commands(commands) -> None:

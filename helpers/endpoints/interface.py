@@ -11,7 +11,7 @@ from typing import Protocol, TypedDict
 
 import pandas as pd
 
-from helpers.policies import SmokeTest, ThresholdChange
+from helpers.core.policies import SmokeTest, ThresholdChange
 
 ENDPOINTS = ("staging", "prod")
 

@@ -1,12 +1,12 @@
-"""The endpoints on this machine: one process each (:mod:`helpers.serving`), driven by :mod:`helpers.deploy`."""
+"""The endpoints on this machine: one process each (``serving``), driven by ``deploy``."""
 from __future__ import annotations
 
 import pandas as pd
 
-from helpers import deploy
-from helpers.config import Paths
+from helpers.core.policies import THRESHOLD_UPDATE_RATE, SmokeTest
+from helpers.endpoints import deploy
 from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation
-from helpers.policies import THRESHOLD_UPDATE_RATE, SmokeTest
+from helpers.local.config import Paths
 
 
 class LocalEndpoints:

@@ -4,7 +4,7 @@ the local twin of SageMaker Feature Store (``store``: SQLite online, Parquet + D
 The local store is imported on first use, so that importing the definition or the interface (as the AWS twin and
 the Lambdas do) loads no DuckDB.
 """
-from helpers.feature_store.definition import (
+from helpers.core.feature_definition import (
     TX_PER_MINUTE,
     FeatureDefinition,
     FeatureGroupDefinition,

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from helpers.clock import from_unix
-from helpers.feature_store.definition import FeatureGroupDefinition
+from helpers.core.feature_definition import FeatureGroupDefinition
+from helpers.core.times import from_unix
 
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS offline_files (

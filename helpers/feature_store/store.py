@@ -23,11 +23,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from helpers.clock import as_unix, from_unix
-from helpers.feature_store.definition import FeatureGroupDefinition, FeatureStoreError
+from helpers.core.feature_definition import FeatureGroupDefinition, FeatureStoreError
+from helpers.core.times import as_unix, from_unix
 from helpers.feature_store.interface import TrainingDataset
 from helpers.feature_store.offline import CATALOG_SCHEMA, OfflineStore
-from helpers.sqlite import SQLiteFile
+from helpers.local.sqlite import SQLiteFile
 
 SCHEMA = CATALOG_SCHEMA + """
 CREATE TABLE IF NOT EXISTS feature_groups (

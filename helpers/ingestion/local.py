@@ -1,11 +1,11 @@
-"""The stream on this machine: the background ingestion service of :mod:`helpers.ingest`."""
+"""The stream on this machine: the background ingestion service of :mod:`helpers.ingestion.ingest`."""
 from __future__ import annotations
 
 import pandas as pd
 
-from helpers import ingest
-from helpers.config import Paths
+from helpers.ingestion import ingest
 from helpers.ingestion.interface import ClockSpeed, DriftApplied, StreamStatus
+from helpers.local.config import Paths
 
 
 def stream_status(paths: Paths, current: dict) -> StreamStatus:

@@ -1,10 +1,10 @@
-"""The monitor on this machine: :mod:`helpers.monitor` in a background process, retrains in their own."""
+"""The monitor on this machine: :mod:`helpers.monitoring.monitor` in a background process, retrains in their own."""
 from __future__ import annotations
 
 import pandas as pd
 
-from helpers import monitor
-from helpers.config import Paths
+from helpers.local.config import Paths
+from helpers.monitoring import monitor
 from helpers.monitoring.interface import MonitorStatus
 
 

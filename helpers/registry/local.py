@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.config import Paths
-from helpers.pipeline import ExecutionStore
+from helpers.local.config import Paths
 from helpers.registry.interface import APPROVAL_STATUSES, MODEL_GROUP, ModelVersion
+from helpers.training.pipeline import ExecutionStore
 
 log = logging.getLogger("helpers.registry")
 

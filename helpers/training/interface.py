@@ -12,7 +12,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from helpers.gate import GateDecision
+from helpers.core.gate import GateDecision
+from helpers.core.preparation import BuildSettings
 
 # What :meth:`BuildReport.comparison` shows, in this order.
 COMPARISON_COLUMNS = ["mean_wQuantileLoss", "wQuantileLoss[0.1]", "wQuantileLoss[0.5]", "wQuantileLoss[0.9]", "RMSE",
@@ -74,7 +75,7 @@ class Parameters(Protocol):
 
 
 class ModelBuilds(Protocol):
-    def run(self, settings) -> BuildReport:
+    def run(self, settings: BuildSettings | None = None) -> BuildReport:
         """Run the model build pipeline on the latest features; a failing step ends the build, never the caller."""
 
     def report(self, execution_id: str) -> BuildReport: ...

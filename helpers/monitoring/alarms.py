@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.clock import minute_iso
-from helpers.params import WQL_THRESHOLD
-from helpers.sqlite import SQLiteFile
+from helpers.core.times import minute_iso
+from helpers.local.sqlite import SQLiteFile
+from helpers.training.params import WQL_THRESHOLD
 
 NAMESPACE = "CustomModelMonitoring"
 WQL_METRIC = "weighted_quantile_loss"

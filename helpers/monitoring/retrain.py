@@ -27,14 +27,16 @@ from typing import Iterator
 
 import pandas as pd
 
-from helpers import daemon
-from helpers.clock import SimClock
-from helpers.config import Paths
-from helpers.policies import retrain_skip_reason
+from helpers.core.hyperparameters import DeepARHyperparameters
+from helpers.core.policies import retrain_skip_reason
+from helpers.core.preparation import BuildSettings
+from helpers.local import daemon
+from helpers.local.clock import SimClock
+from helpers.local.config import Paths
+from helpers.local.sqlite import SQLiteFile
 from helpers.registry import ModelRegistry
-from helpers.sqlite import SQLiteFile
 
-log = logging.getLogger("helpers.retrain")
+log = logging.getLogger("helpers.monitoring.retrain")
 
 SPAWN_GRACE_S = 120  # a requested retrain counts as in flight this long before its process holds the lock
 
@@ -184,12 +186,13 @@ def stop_on_sigterm() -> None:
 
 
 def _build_and_ship(paths: Paths) -> tuple[str, dict]:
-    from helpers import deepar, deploy, model_build
-    from helpers.monitor_config import MonitorConfig
+    from helpers.endpoints import deploy
+    from helpers.monitoring.monitor_config import MonitorConfig
+    from helpers.training import deepar, model_build
 
     deepar.use_inference_threads()  # one thread: the stream, endpoints and monitor share these cores
     config = MonitorConfig.load(paths)
-    settings = model_build.BuildSettings(hyperparameters=deepar.DeepARHyperparameters(epochs=config.retrain_epochs),
+    settings = BuildSettings(hyperparameters=DeepARHyperparameters(epochs=config.retrain_epochs),
                                          training_days=config.retrain_training_days,
                                          n_test_windows=config.retrain_test_windows,
                                          n_validation_windows=config.retrain_validation_windows)

@@ -9,7 +9,7 @@
   decision, and only if it is Approved, was InService on staging and passed the
   staging smoke test (the promotion guard).
 
-Each endpoint is its own process (``helpers.serving``) on a port from
+Each endpoint is its own process (``helpers.endpoints.serving``) on a port from
 ``endpoints/config.json``; a deploy swaps the model blue/green inside it: the new
 version is loaded and health-checked before any request reaches it.
 """
@@ -27,14 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pandas as pd
 
-from helpers import daemon
-from helpers.clock import write_json_atomic
-from helpers.config import Paths
-from helpers.deepar_json import deepar_request
-from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation
-from helpers.feature_store import open_tx_per_minute
-from helpers.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
-from helpers.policies import (
+from helpers.core.deepar_json import deepar_request
+from helpers.core.policies import (
     THRESHOLD_UPDATE_RATE,
     SmokeTest,
     ThresholdChange,
@@ -42,11 +36,17 @@ from helpers.policies import (
     smoke_checks,
     threshold_after_approval,
 )
+from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation
+from helpers.feature_store import open_tx_per_minute
+from helpers.local import daemon
+from helpers.local.clock import write_json_atomic
+from helpers.local.config import Paths
+from helpers.local.sqlite import SQLiteFile
 from helpers.registry import MODEL_GROUP, ModelRegistry, ModelVersion
 from helpers.registry.local import LocalRegistry, why_nothing_is_pending
-from helpers.sqlite import SQLiteFile
+from helpers.training.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
 
-log = logging.getLogger("helpers.deploy")
+log = logging.getLogger("helpers.endpoints.deploy")
 
 DEFAULT_PORTS = {"staging": 8081, "prod": 8082}
 SMOKE_HISTORY_MINUTES = 1440  # history sent with the smoke test's request
@@ -284,7 +284,7 @@ def require_in_service(state_dir=None) -> dict[str, EndpointDescription]:
 def update_threshold_on_approval(params: ParameterStore, new_wql: float, update_rate: float = THRESHOLD_UPDATE_RATE,
                                  by: str = "approval", version: int | None = None,
                                  floor: float | None = None) -> ThresholdChange:
-    """Apply the threshold rule (:func:`helpers.policies.threshold_after_approval`) to the parameter store."""
+    """Apply the threshold rule (:func:`helpers.core.policies.threshold_after_approval`) to the parameter store."""
     change = threshold_after_approval(params.get_float(WQL_THRESHOLD), _current(params), new_wql, update_rate, floor)
     if change.moved:
         why = f"approval of model version {version}: mean wQL {new_wql:.4f}"

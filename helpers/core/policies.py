@@ -2,7 +2,8 @@
 takes a version, and when a retrain starts.
 
 No SQLite, no HTTP, no boto3: the local twin, the AWS Lambdas and the tests call the same functions with the
-numbers their backend read. (The quality gate's rule is :mod:`helpers.gate`; the alarm's is :mod:`helpers.alarms`.)
+numbers their backend read. (The quality gate's rule is :mod:`helpers.core.gate`; the alarm's is CloudWatch's,
+:mod:`helpers.monitoring.alarms`.)
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers.deepar_json import quantile_arrays
-from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
+from helpers.core.deepar_json import quantile_arrays
+from helpers.core.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
 
 THRESHOLD_UPDATE_RATE = 0.5  # the original rule's rate
 SMOKE_WQL_FACTOR, SMOKE_WQL_FLOOR = 3.0, 0.5  # "sane": wQL <= max(floor, factor x the version's test wQL)

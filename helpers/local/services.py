@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import shutil
 
-from helpers import daemon, deploy, ingest, monitor, retrain
-from helpers.config import SERVICES, Paths
+from helpers.endpoints import deploy
+from helpers.ingestion import ingest
+from helpers.local import daemon
+from helpers.local.config import SERVICES, Paths
+from helpers.monitoring import monitor, retrain
 
 
 def running(state_dir=None) -> list[str]:

@@ -40,8 +40,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from helpers.clock import SharedClock, SimClock, write_json_atomic
-from helpers.events import EVENT_DTYPE, EventBatch, hash_keys
+from helpers.core.events import EVENT_DTYPE, EventBatch, hash_keys
+from helpers.local.clock import SharedClock, SimClock, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ def inject_drift(path: Path, drift: Drift) -> None:
 
 
 class Simulator(TransactionModel):
-    """A :class:`~helpers.sources.Source`: backfills from ``start`` to the clock's now, then polls live.
+    """A :class:`~helpers.ingestion.sources.Source`: backfills from ``start`` to the clock's now, then polls live.
 
     Batches cover consecutive delivery windows [position, end); ``source_pos`` is
     the window end, so ``resume_from`` continues exactly after the last stored batch.

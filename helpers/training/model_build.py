@@ -12,64 +12,31 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from helpers import deepar, gate
-from helpers.baselines import DAY, baseline_forecasts
-from helpers.clock import as_unix, write_json_atomic
-from helpers.config import Paths
+from helpers.core import gate
+from helpers.core.baselines import baseline_forecasts
+from helpers.core.gate import GateDecision
+from helpers.core.metrics import DEFAULT_QUANTILES, evaluate, mean_weighted_quantile_loss
+from helpers.core.preparation import BuildSettings, check_enough, split
+from helpers.core.times import as_unix
 from helpers.feature_store import TX_PER_MINUTE, open_tx_per_minute
-from helpers.gate import GateDecision
-from helpers.metrics import DEFAULT_QUANTILES, evaluate, mean_weighted_quantile_loss
-from helpers.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
-from helpers.pipeline import ExecutionStore, Pipeline, QualityGateFailed, Step
+from helpers.local.clock import write_json_atomic
+from helpers.local.config import Paths
 from helpers.registry import ModelRegistry
+from helpers.training import deepar
 from helpers.training.interface import BuildReport
+from helpers.training.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
+from helpers.training.pipeline import ExecutionStore, Pipeline, QualityGateFailed, Step
 
-log = logging.getLogger("helpers.model_build")
+log = logging.getLogger("helpers.training.model_build")
 
 TARGET = "avg_fee"
 # The artifacts a build's report is read back from, as a SageMaker Pipeline's would be from S3.
 EVALUATION_FILE, FORECASTS_FILE = "evaluation.json", "test_forecasts.npz"
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    hyperparameters: deepar.DeepARHyperparameters = field(default_factory=deepar.DeepARHyperparameters)
-    training_days: float = 7.0  # how much history to read from the feature store
-    end: str | float | None = None  # the end of the data used (default: the newest minute stored)
-    # test: the last 16 windows of prediction_length (8 hours). Measured: with 8 windows even the oracle lost to the
-    # best baseline by more than 10 % at 2 % of instants; with 16, never (python -m bench train).
-    n_test_windows: int = 16
-    n_validation_windows: int = 4  # validation: the windows just before the test windows
-    seed: int = 42
-    num_samples: int = 100
-
-    def __post_init__(self):
-        for name in ("n_test_windows", "n_validation_windows", "num_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
-        if self.training_days <= 0:
-            raise ValueError(f"training_days={self.training_days}: must be positive")
-
-    def to_parameters(self) -> dict:
-        """Every setting, as the execution records it: enough to rebuild exactly the same model."""
-        return {**asdict(self), "hyperparameters": self.hyperparameters.to_dict()}
-
-    @classmethod
-    def from_parameters(cls, parameters: dict) -> "BuildSettings":
-        """The settings an execution recorded (its ``parameters``): to rebuild exactly the same model."""
-        return cls(**{**parameters, "hyperparameters": deepar.DeepARHyperparameters.from_dict(
-            parameters["hyperparameters"])})
-
-    def minutes_needed(self) -> int:
-        """A day for the seasonal-naive baseline and the daily pattern, the network's context, the windows."""
-        hp = self.hyperparameters
-        return DAY + hp.context_length + hp.prediction_length * (1 + self.n_validation_windows + self.n_test_windows)
 
 
 # ---------------------------------------------------------------- the steps
@@ -98,31 +65,16 @@ def extract(ctx: dict) -> dict:
 def prepare(ctx: dict) -> dict:
     """Check there is enough data, then split: training | validation windows | test windows."""
     settings: BuildSettings = ctx["settings"]
-    series, horizon = ctx["series"], settings.hyperparameters.prediction_length
-    _check_enough(series, settings)
-    test_start = len(series) - settings.n_test_windows * horizon
-    validation_start = test_start - settings.n_validation_windows * horizon
-    ctx["test_origins"] = [test_start + k * horizon for k in range(settings.n_test_windows)]
-    ctx["validation_ends"] = [validation_start + (k + 1) * horizon for k in range(settings.n_validation_windows)]
-    ctx["train_end"] = validation_start
+    check_enough(ctx["series"], settings)
+    windows = split(len(ctx["series"]), settings)
+    ctx["test_origins"], ctx["validation_ends"], ctx["train_end"] = (windows.test_origins, windows.validation_ends,
+                                                                     windows.train_end)
     at = lambda i: str(ctx["series_start"] + pd.Timedelta(minutes=i))  # noqa: E731
-    log.info("training on %d minutes; %d validation and %d test windows of %d minutes", validation_start,
-             settings.n_validation_windows, settings.n_test_windows, horizon)
-    return {"train_minutes": validation_start, "validation_from": at(validation_start), "test_from": at(test_start),
-            "test_windows": settings.n_test_windows, "validation_windows": settings.n_validation_windows}
-
-
-def _check_enough(series: np.ndarray, settings: BuildSettings) -> None:
-    needed, have = settings.minutes_needed(), len(series)
-    if have < needed:
-        raise ValueError(f"too little data: {needed} minutes ({needed / 60:.1f} h) are needed, the feature store has "
-                         f"{have} ({have / 60:.1f} h). Let the stream run {(needed - have) / 60:.1f} h more, or "
-                         f"backfill: python -m helpers backfill --days {int(np.ceil(needed / DAY)) + 1}")
-    gaps = float(np.isnan(series).mean())
-    if gaps > deepar.MAX_GAP_SHARE:
-        raise ValueError(f"the data is mostly gaps: {gaps:.0%} of the minutes have no record (at most "
-                         f"{deepar.MAX_GAP_SHARE:.0%} allowed). Check the stream (python -m helpers status) and "
-                         "its source")
+    log.info("training on %d minutes; %d validation and %d test windows of %d minutes", windows.train_end,
+             settings.n_validation_windows, settings.n_test_windows, settings.hyperparameters.prediction_length)
+    return {"train_minutes": windows.train_end, "validation_from": at(windows.train_end),
+            "test_from": at(windows.test_origins[0]), "test_windows": settings.n_test_windows,
+            "validation_windows": settings.n_validation_windows}
 
 
 def train(ctx: dict) -> dict:
@@ -180,7 +132,7 @@ def worst_hour(actuals: np.ndarray, forecast: dict, windows_per_hour: int) -> fl
 
 def quality_gate(ctx: dict) -> dict:
     """mean wQL <= the threshold, and no worse than the best baseline within the margin: both read from the
-    parameter store now, when the step runs (helpers.gate)."""
+    parameter store now, when the step runs (helpers.core.gate)."""
     params = ParameterStore(ctx["paths"].params)
     scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
     decision = gate.decide(scores.pop("deepar"), scores, params.get_float(WQL_THRESHOLD),

@@ -16,15 +16,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from helpers import clock as simclock
-from helpers import daemon
-from helpers.clock import SharedClock, SimClock, first_now, minute_iso, write_json_atomic
-from helpers.config import Paths
-from helpers.eventlog import EventLog
+from helpers.core.times import as_unix, first_now, minute_iso
 from helpers.feature_store import open_tx_per_minute
-from helpers.stream import StreamJob
+from helpers.ingestion.eventlog import EventLog
+from helpers.ingestion.stream import StreamJob
+from helpers.local import daemon
+from helpers.local.clock import SharedClock, SimClock, write_json_atomic
+from helpers.local.clock import set_speed as set_clock_speed
+from helpers.local.config import Paths
 
-log = logging.getLogger("helpers.ingest")
+log = logging.getLogger("helpers.ingestion.ingest")
 
 SOURCES = ("simulator", "blockchain", "replay")
 STATUS_INTERVAL_S = 1.0
@@ -61,21 +62,21 @@ class IngestConfig:
         if self.backfill_days < 0 or self.speed <= 0:
             raise ValueError("backfill_days must be >= 0 and speed > 0")
         if self.now is not None:
-            self.now = simclock.as_unix(self.now, "now")
+            self.now = as_unix(self.now, "now")
 
 
 def make_source(config: IngestConfig, paths: Paths):
     if config.source == "simulator":
-        from helpers.sources.simulator import Simulator, SimulatorConfig
+        from helpers.ingestion.sources.simulator import Simulator, SimulatorConfig
 
         return Simulator(SimulatorConfig(seed=config.seed), start=config.start, clock=SharedClock(paths.clock),
                          until=config.until, drift_file=paths.drifts)
     if config.source == "blockchain":
-        from helpers.sources.blockchain import DEFAULT_URL, BlockchainPoller
+        from helpers.ingestion.sources.blockchain import DEFAULT_URL, BlockchainPoller
 
         record_to = Path(config.record_to) if config.record_to else None
         return BlockchainPoller(url=config.url or DEFAULT_URL, interval_s=config.interval_s, record_to=record_to)
-    from helpers.sources.replay import ReplaySource
+    from helpers.ingestion.sources.replay import ReplaySource
 
     return ReplaySource(Path(config.replay_file), speed=config.replay_speed)
 
@@ -263,7 +264,7 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
     if start is not None:
         source.until = start + days * 86400
     else:
-        source.until = SimClock.load(paths.clock).now() if now is None else simclock.as_unix(now, "now")
+        source.until = SimClock.load(paths.clock).now() if now is None else as_unix(now, "now")
     event_log = EventLog(paths.event_log)
     with tqdm(desc="simulate into the log", unit=" tx", unit_scale=True, disable=not progress) as bar:
         append_all(source, event_log, threading.Event(), progress=bar)
@@ -280,8 +281,8 @@ def backfill(state_dir: str | Path | None = None, days: float = 7.0, seed: int =
 def inject_drift(state_dir: str | Path | None = None, fee_factor: float = 3.0, rate_factor: float = 1.0,
                  start: float | None = None) -> dict:
     """Multiply the simulator's fees from ``start`` (default: simulated now) on, for the retraining demo."""
-    from helpers.sources.simulator import Drift
-    from helpers.sources.simulator import inject_drift as add_drift
+    from helpers.ingestion.sources.simulator import Drift
+    from helpers.ingestion.sources.simulator import inject_drift as add_drift
 
     paths = Paths.at(state_dir)
     if not paths.clock.exists():
@@ -298,7 +299,7 @@ def set_speed(state_dir: str | Path | None = None, speed: float = 60.0) -> dict:
     paths = Paths.at(state_dir)
     if not paths.clock.exists():
         raise RuntimeError("no simulator has run in this state directory; start one first")
-    clock = simclock.set_speed(paths.clock, speed)
+    clock = set_clock_speed(paths.clock, speed)
     return {"sim_now": minute_iso(clock.now()), "speed": clock.speed}
 
 
@@ -375,7 +376,7 @@ def dead_letters(state_dir: str | Path | None = None, limit: int = 10):
     """The newest events that came later than the allowed lateness: kept, not counted, with how late they were."""
     import pandas as pd
 
-    from helpers.checkpoint import Checkpoint
+    from helpers.ingestion.checkpoint import Checkpoint
 
     paths = Paths.at(state_dir)
     if not paths.checkpoint.exists():

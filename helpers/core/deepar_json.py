@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from helpers.metrics import QUANTILE_NAMES
+from helpers.core.metrics import QUANTILE_NAMES
 
 START_FORMAT = "%Y-%m-%d %H:%M:%S"  # DeepAR's "start": a naive timestamp, read as UTC here
 

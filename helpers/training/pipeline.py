@@ -20,10 +20,10 @@ from typing import Callable
 
 import pandas as pd
 
-from helpers.clock import from_unix
-from helpers.sqlite import SQLiteFile
+from helpers.core.times import from_unix
+from helpers.local.sqlite import SQLiteFile
 
-log = logging.getLogger("helpers.pipeline")
+log = logging.getLogger("helpers.training.pipeline")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (

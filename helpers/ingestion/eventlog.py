@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers.events import EVENT_DTYPE, EventBatch
-from helpers.sqlite import SQLiteFile
+from helpers.core.events import EVENT_DTYPE, EventBatch
+from helpers.local.sqlite import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # helpers/local/config.py -> the repository
 # Every local background service, in the order a teardown stops them: the monitor first (it starts nothing new),
 # the stream last (after its checkpoint).
 SERVICES = ("monitor", "retrain", "endpoint-staging", "endpoint-prod", "ingest")

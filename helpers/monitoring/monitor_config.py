@@ -1,12 +1,12 @@
-"""The monitor's settings, and those of the retrain its alarms start: read by both helpers.monitor and
-helpers.retrain, so neither imports the other's module for them."""
+"""The monitor's settings, and those of the retrain its alarms start: read by both helpers.monitoring.monitor and
+helpers.monitoring.retrain, so neither imports the other's module for them."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 
-from helpers.clock import write_json_atomic
-from helpers.config import Paths
+from helpers.local.clock import write_json_atomic
+from helpers.local.config import Paths
 
 
 @dataclass

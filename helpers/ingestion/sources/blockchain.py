@@ -20,12 +20,12 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from helpers.events import EventBatch, empty_events, validate_transactions
+from helpers.core.events import EventBatch, empty_events, validate_transactions
 
 DEFAULT_URL = "https://blockchain.info/unconfirmed-transactions?format=json"
 MAX_BACKOFF_EXPONENT = 32  # 2**attempt stays a float; any cap in use is reached long before
 
-log = logging.getLogger("helpers.sources.blockchain")
+log = logging.getLogger("helpers.ingestion.sources.blockchain")
 
 
 def parse_response(body: str | bytes, now: float | None = None) -> tuple[np.ndarray, Counter]:
@@ -74,7 +74,7 @@ def _end_partial_line(path: Path) -> None:
 
 
 def append_record(path: Path, fetched_at: float, body: str) -> None:
-    """One JSON line per response, for :class:`~helpers.sources.replay.ReplaySource`."""
+    """One JSON line per response, for :class:`~helpers.ingestion.sources.replay.ReplaySource`."""
     # Append and close per line: a crash loses at most the line being written.
     with path.open("a", encoding="utf-8") as recording:
         recording.write(json.dumps({"fetched_at": fetched_at, "body": body}) + "\n")

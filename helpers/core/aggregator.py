@@ -5,7 +5,7 @@ unit: events are deduplicated by hash, added to their minute's window, then the
 watermark advances and windows it has passed are emitted. Because processing
 depends only on the sequence of records, replaying from a checkpoint gives
 exactly the same output: that, plus an atomic checkpoint, is what makes the
-pipeline exactly-once (see :mod:`helpers.checkpoint`).
+pipeline exactly-once (see :mod:`helpers.ingestion.checkpoint`).
 
 Rules (all in event time, ``t`` = a transaction's first-seen ``time``):
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from helpers.clock import minute_iso
-from helpers.events import HASH_KEY_DTYPE, hash_hex, hash_keys, vsize
+from helpers.core.events import HASH_KEY_DTYPE, hash_hex, hash_keys, vsize
+from helpers.core.times import minute_iso
 
 
 @dataclass(frozen=True)

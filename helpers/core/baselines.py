@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from helpers.metrics import DEFAULT_QUANTILES
+from helpers.core.metrics import DEFAULT_QUANTILES
 
 DAY = 1440  # minutes
 BACKTEST_EVERY = 30  # minutes between back-test origins

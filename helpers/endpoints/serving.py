@@ -38,12 +38,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from helpers import deepar
-from helpers.clock import utc_now, write_json_atomic
+from helpers.core.hyperparameters import MAX_GAP_SHARE, DeepARHyperparameters
+from helpers.core.metrics import QUANTILE_NAMES
+from helpers.core.times import utc_now
 from helpers.endpoints.interface import variant_name
-from helpers.metrics import QUANTILE_NAMES
+from helpers.local.clock import write_json_atomic
+from helpers.training import deepar
 
-log = logging.getLogger("helpers.serving")
+log = logging.getLogger("helpers.endpoints.serving")
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
 MAX_INSTANCES = 100
@@ -55,7 +57,7 @@ DEFAULT_NUM_SAMPLES = 100
 DEFAULT_OUTPUT_TYPES = ("mean", "quantiles")
 CONTENT_TYPES = ("application/json", "application/jsonlines")
 # The model keeps no frequency of its own; every series of this project is on a 1-minute grid.
-FREQ = deepar.DeepARHyperparameters.time_freq
+FREQ = DeepARHyperparameters.time_freq
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOOPBACK = ("127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before its request was read: not a server error
@@ -646,7 +648,7 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
 def _check_context(entries: list[dict], context_length: int) -> None:
     """The network reads the last ``context_length`` points: mostly gaps there and its forecast is noise (one
     observed value among 200 NaN gave a negative mean fee)."""
-    needed = math.ceil(context_length * (1 - deepar.MAX_GAP_SHARE))
+    needed = math.ceil(context_length * (1 - MAX_GAP_SHARE))
     for i, entry in enumerate(entries):
         observed = int(np.count_nonzero(~np.isnan(entry["target"][-context_length:])))
         if observed < needed:

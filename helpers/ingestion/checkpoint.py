@@ -17,9 +17,9 @@ from dataclasses import asdict
 
 import numpy as np
 
-from helpers.aggregator import AggregatorState, Counters, Window
-from helpers.events import HASH_KEY_DTYPE
-from helpers.sqlite import SQLiteFile
+from helpers.core.aggregator import AggregatorState, Counters, Window
+from helpers.core.events import HASH_KEY_DTYPE
+from helpers.local.sqlite import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoint (

@@ -13,11 +13,11 @@ Every hour of event time, for each endpoint (staging, prod) separately:
    double-publishes.
 4. Evaluate the stage's alarm (Maximum, 3600 s, 3 of 3, >= threshold, missing = notBreaching), the
    threshold read from the parameter store now. While it is in ALARM, each period it asks for a
-   retrain (:mod:`helpers.retrain`), which runs one at a time per project.
+   retrain (:mod:`helpers.monitoring.retrain`), which runs one at a time per project.
 
 A fresh model is judged on its own forecasts only: an alarm ignores the hours before the version it
 watches was serving them alone (those hours are missing data, so not breaching). Together with the
-threshold floor applied at approval (see :func:`helpers.deploy.update_threshold_on_approval`), a
+threshold floor applied at approval (see :func:`helpers.endpoints.deploy.update_threshold_on_approval`), a
 retrained model does not inherit its predecessor's breaches.
 """
 from __future__ import annotations
@@ -34,20 +34,23 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from helpers import alarms, daemon, deploy
-from helpers.aggregator import WindowConfig
-from helpers.clock import SharedClock, minute_iso, write_json_atomic
-from helpers.config import Paths
-from helpers.deepar_json import deepar_request, forecast_origin, quantile_arrays
-from helpers.deploy import ENDPOINTS, capture_dir
+from helpers.core.aggregator import WindowConfig
+from helpers.core.deepar_json import deepar_request, forecast_origin, quantile_arrays
+from helpers.core.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
+from helpers.core.times import minute_iso
+from helpers.endpoints import deploy
+from helpers.endpoints.deploy import ENDPOINTS, capture_dir
+from helpers.endpoints.serving import read_capture_file
 from helpers.feature_store import open_tx_per_minute
-from helpers.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
-from helpers.monitor_config import MonitorConfig
-from helpers.params import WQL_THRESHOLD, ParameterStore
-from helpers.serving import read_capture_file
-from helpers.sqlite import SQLiteFile
+from helpers.local import daemon
+from helpers.local.clock import SharedClock, write_json_atomic
+from helpers.local.config import Paths
+from helpers.local.sqlite import SQLiteFile
+from helpers.monitoring import alarms
+from helpers.monitoring.monitor_config import MonitorConfig
+from helpers.training.params import WQL_THRESHOLD, ParameterStore
 
-log = logging.getLogger("helpers.monitor")
+log = logging.getLogger("helpers.monitoring.monitor")
 
 HOUR = 3600
 LOOP_INTERVAL_S = 0.5  # wall seconds between checks for a matured hour
@@ -254,7 +257,7 @@ def evaluate_alarm(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, al
     if state != old:
         log.warning("alarm %s: %s -> %s: %s", settings.name, old, state, reason)
     if state == alarms.ALARM:
-        from helpers import retrain
+        from helpers.monitoring import retrain
 
         retrain.request(paths, requested_by=settings.name, reason=f"{settings.name} in ALARM at "
                                                                    f"{minute_iso(period_end)}: {reason}")
@@ -375,7 +378,7 @@ def status(state_dir=None) -> dict:
 
 def retrains(state_dir=None) -> pd.DataFrame:
     """Every retrain an alarm asked for: started, skipped (and why), its execution, model version and outcome."""
-    from helpers.retrain import RetrainLog
+    from helpers.monitoring.retrain import RetrainLog
 
     log_ = RetrainLog(Paths.at(state_dir))
     try:

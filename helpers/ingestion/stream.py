@@ -3,18 +3,18 @@
 The local twin of the Managed Flink application. :meth:`StreamJob.step` reads
 new log records, aggregates them, commits a checkpoint (offset + state + outbox
 + dead letters in one transaction) and publishes the outbox to the feature
-store. See :mod:`helpers.checkpoint` for why that is exactly-once.
+store. See :mod:`helpers.ingestion.checkpoint` for why that is exactly-once.
 """
 from __future__ import annotations
 
 import time
 
-from helpers.aggregator import Aggregator, WindowConfig
-from helpers.checkpoint import Checkpoint
-from helpers.clock import minute_iso
-from helpers.config import Paths
-from helpers.eventlog import EventLog
+from helpers.core.aggregator import Aggregator, WindowConfig
+from helpers.core.times import minute_iso
 from helpers.feature_store import open_tx_per_minute
+from helpers.ingestion.checkpoint import Checkpoint
+from helpers.ingestion.eventlog import EventLog
+from helpers.local.config import Paths
 
 COMMIT_INTERVAL_S = 1.0  # commit at least this often when nothing is emitted
 

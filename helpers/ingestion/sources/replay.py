@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from helpers.events import EventBatch, empty_events
-from helpers.sources.blockchain import parse_response
+from helpers.core.events import EventBatch, empty_events
+from helpers.ingestion.sources.blockchain import parse_response
 
 CORRUPT_LINE = "recording: corrupt line"
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.metrics import DEFAULT_QUANTILES
-from helpers.sources.simulator import (
+from helpers.core.metrics import DEFAULT_QUANTILES
+from helpers.ingestion.sources.simulator import (
     STATE_KEYS,
     SimulatorConfig,
     TransactionModel,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from helpers.sqlite import SQLiteFile
+from helpers.local.sqlite import SQLiteFile
 
 WQL_THRESHOLD = "/rtmlops/model-build/wql-threshold"  # the quality gate's bar: mean wQL must not exceed it
 CURRENT_MODEL_WQL = "/rtmlops/model/current-wql"  # the mean wQL of the model in production
 BASELINE_MARGIN = "/rtmlops/model-build/baseline-margin"  # how much worse than the best naive forecast is tolerated
 # What a new state directory starts with (on AWS: the CloudFormation stack's parameters). The threshold is the
-# original system's; the margin is measured (helpers.gate, python -m bench train).
+# original system's; the margin is measured (helpers.core.gate, python -m bench train).
 MODEL_BUILD_DEFAULTS = {WQL_THRESHOLD: 0.24, BASELINE_MARGIN: 0.10}
 
 _SCHEMA = """
