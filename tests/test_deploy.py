@@ -183,7 +183,10 @@ def test_each_endpoint_captures_the_forecasts_it_served(state):
     assert len(events) == 2
     last = events[-1]
     assert last["eventMetadata"]["eventId"] == response.headers["x-inference-id"]
-    assert last["eventMetadata"]["modelVersion"] == 1 and last["eventMetadata"]["endpointName"] == "staging"
+    assert set(last["eventMetadata"]) == {"eventId", "inferenceTime"}  # SageMaker's metadata, nothing more
+    files = [path.relative_to(deploy.capture_dir(paths, "staging")) for path in
+             deploy.capture_dir(paths, "staging").rglob("*.jsonl")]
+    assert [f.parts[0] for f in files] == ["model-v1"] and files[0].name == "staging.jsonl"  # by variant, by hour
     assert json.loads(last["captureData"]["endpointInput"]["data"]) == request
     assert json.loads(last["captureData"]["endpointOutput"]["data"]) == response.json()
     assert read_capture(deploy.capture_dir(paths, "prod")) == []  # each stage keeps only its own forecasts

@@ -95,10 +95,11 @@ def test_each_stage_is_scored_on_its_own_forecasts_over_every_matured_point(serv
 
     metrics, _ = alarms.open_stores(Paths.at(state).monitoring)
     published = metrics.frame()
-    prod_rows = published[published["dimensions"].str.contains('"prod"') & (published["timestamp"] == hour)]
     threshold = ParameterStore(Paths.at(state).params).get_float(WQL_THRESHOLD)
-    assert dict(zip(prod_rows["metric"], prod_rows["value"])) == {alarms.WQL_METRIC: prod["wql"],
-                                                                  alarms.THRESHOLD_METRIC: threshold}
+    for dimensions in ('[["StageName", "prod"]]', '[["ModelVersion", "1"], ["StageName", "prod"]]'):  # v1 alone
+        rows = published[(published["dimensions"] == dimensions) & (published["timestamp"] == hour)]
+        assert dict(zip(rows["metric"], rows["value"])) == {alarms.WQL_METRIC: prod["wql"],
+                                                            alarms.THRESHOLD_METRIC: threshold}
 
 
 def test_rerunning_or_restarting_the_monitor_never_publishes_an_hour_twice(serving):
@@ -168,14 +169,42 @@ def test_the_lock_holds_between_processes_racing_past_the_first_check(state):
 
 
 def test_a_fresh_model_is_judged_only_on_the_hours_it_served_alone(tmp_path):
-    """The settling rule: hours of an earlier version count as missing data for the version serving now."""
-    served = {0.0: [1], 3600.0: [1], 7200.0: [1, 2], 10800.0: [2]}
-    assert monitor._served_alone_since(served, 2) == 10800.0
-    assert monitor._served_alone_since(served, 1) == 10800.0 + 3600  # rolled back: its old hours are not its own
-    assert monitor._served_alone_since({0.0: [1], 3600.0: []}, 1) == -np.inf
+    """The alarm watches the ModelVersion it serves: an hour of an earlier version, or of two, is missing data."""
+    metrics, _ = alarms.open_stores(tmp_path)
+    for hour, versions, wql in ((0, [1], 0.9), (1, [1], 0.9), (2, [1, 2], 0.9), (3, [2], 0.1), (4, [2], 0.3)):
+        published = {"StageName": "prod", **({"ModelVersion": str(versions[0])} if len(versions) == 1 else {})}
+        for dimensions in ({"StageName": "prod"}, published):
+            metrics.put_metric_data(alarms.NAMESPACE, [
+                {"MetricName": name, "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+                 "Timestamp": hour * 3600, "Value": value}
+                for name, value in ((alarms.WQL_METRIC, wql), (alarms.THRESHOLD_METRIC, 0.2))])
+    settings = monitor.alarm_settings("prod", monitor.MonitorConfig(), model_version=2)
+    assert settings.dimensions == {"StageName": "prod", "ModelVersion": "2"}
+    assert metrics.alarm_series(settings, 0, 5 * 3600) == pytest.approx({3 * 3600: -0.1, 4 * 3600: 0.1})
+    state, reason = alarms.evaluate([None, None, None, -0.1, 0.1], settings.threshold, settings, alarms.OK)
+    assert state == alarms.OK and "weighted_quantile_loss - weighted_quantile_loss_threshold" in reason
+    version_1 = monitor.alarm_settings("prod", monitor.MonitorConfig(), model_version=1)
+    assert metrics.alarm_series(version_1, 0, 5 * 3600) == pytest.approx({0: 0.7, 3600: 0.7})
 
 
-def test_the_threshold_in_force_is_read_when_the_alarm_evaluates(serving):
+def test_the_alarm_is_a_cloudwatch_metric_math_alarm_moto_accepts():
+    import boto3
+    from moto import mock_aws
+
+    settings = monitor.alarm_settings("prod", monitor.MonitorConfig(), model_version=3)
+    with mock_aws():
+        cloudwatch = boto3.client("cloudwatch", region_name="eu-west-1")
+        cloudwatch.put_metric_alarm(**settings.metric_alarm_request())
+        alarm = cloudwatch.describe_alarms(AlarmNames=[settings.name])["MetricAlarms"][0]
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (5, 3, 0.0)
+    assert alarm["TreatMissingData"] == "notBreaching" and alarm["ComparisonOperator"] == settings.comparison
+    by_id = {query["Id"]: query for query in alarm["Metrics"]}
+    assert by_id["excess"]["Expression"] == "score - bar" and by_id["excess"]["ReturnData"]
+    assert by_id["bar"]["MetricStat"]["Metric"]["MetricName"] == alarms.THRESHOLD_METRIC
+    assert {"Name": "ModelVersion", "Value": "3"} in by_id["score"]["MetricStat"]["Metric"]["Dimensions"]
+
+
+def test_the_threshold_published_with_each_hour_decides_its_alarm(serving):
     state = serving
     paths = Paths.at(state)
     forecast_back_then(state, "prod", every_20_minutes(hours_ago(state, 5), 240))

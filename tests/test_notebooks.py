@@ -163,10 +163,15 @@ def check_the_loop(state, drift_at: pd.Timestamp) -> None:
 
 
 def check_each_hour_published_once(state) -> None:
+    """Each scored hour once per stage, and once more under its ModelVersion if one version served it alone."""
     timeline = monitor.timeline(state)
     metrics, alarm_store = alarms.open_stores(Paths.at(state).monitoring)
     published = metrics.frame().query(f"metric == '{alarms.WQL_METRIC}'")
     metrics.close(), alarm_store.close()
     scored = timeline[timeline["wql"].notna()]
-    assert len(published) == len(scored), "each scored hour published once"
-    assert sorted(published["value"]) == pytest.approx(sorted(scored["wql"]))
+    by_stage = published[~published["dimensions"].str.contains("ModelVersion")]
+    assert len(by_stage) == len(scored), "each scored hour published once"
+    assert sorted(by_stage["value"]) == pytest.approx(sorted(scored["wql"]))
+    alone = scored[scored["versions"].map(lambda versions: len(json.loads(versions)) == 1)]
+    by_version = published[published["dimensions"].str.contains("ModelVersion")]
+    assert sorted(by_version["value"]) == pytest.approx(sorted(alone["wql"])), "and once per version served alone"

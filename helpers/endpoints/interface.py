@@ -14,11 +14,18 @@ import pandas as pd
 from helpers.core.policies import SmokeTest, ThresholdChange
 
 ENDPOINTS = ("staging", "prod")
+VARIANT_PREFIX = "model-v"
 
 
 def variant_name(model_version: int) -> str:
     """The production variant that serves a model version: InvokeEndpoint names it in every answer."""
-    return f"model-v{model_version}"
+    return f"{VARIANT_PREFIX}{model_version}"
+
+
+def variant_version(variant: str) -> int | None:
+    """The model version a production variant serves (None for a variant not named by :func:`variant_name`)."""
+    number = variant.removeprefix(VARIANT_PREFIX)
+    return int(number) if variant.startswith(VARIANT_PREFIX) and number.isdigit() else None
 
 
 class EndpointDescription(TypedDict, total=False):

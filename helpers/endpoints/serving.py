@@ -475,9 +475,10 @@ class MetricsMiddleware:
 class DataCapture:
     """Every served request and its response, one JSON line each, in SageMaker's data capture format.
 
-    Files are ``<directory>/YYYY/MM/DD/HH/<endpoint>.jsonl`` by UTC inference time, as SageMaker lays them out in
-    S3. Each event has an id (also the ``x-inference-id`` response header), its time and the model version, so
-    a monitor can score every forecast this endpoint served, and only those.
+    Files are ``<directory>/<variant>/YYYY/MM/DD/HH/<endpoint>.jsonl`` by production variant and UTC inference
+    time, as SageMaker lays them out in S3; the variant names the model version (``variant_name``), so a monitor
+    can score every forecast this endpoint served, by version, and only those. Each event has SageMaker's
+    metadata: an id (also the ``x-inference-id`` response header) and its time.
     """
 
     def __init__(self, directory: Path, endpoint_name: str):
@@ -485,7 +486,7 @@ class DataCapture:
         self.endpoint_name = endpoint_name
         self._lock = threading.Lock()  # requests run in parallel threads; lines must not interleave
 
-    def record(self, model_version: int, content_type: str, request: bytes, response: bytes) -> str:
+    def record(self, variant: str, content_type: str, request: bytes, response: bytes) -> str:
         event_id, now = uuid.uuid4().hex, utc_now()
         line = orjson.dumps({
             "captureData": {
@@ -494,11 +495,10 @@ class DataCapture:
                 "endpointOutput": {"observedContentType": content_type, "mode": "OUTPUT",
                                    "data": response.decode(), "encoding": "JSON"},
             },
-            "eventMetadata": {"eventId": event_id, "inferenceTime": now.isoformat(),
-                              "endpointName": self.endpoint_name, "modelVersion": model_version},
+            "eventMetadata": {"eventId": event_id, "inferenceTime": now.isoformat()},
             "eventVersion": "0",
         }, option=orjson.OPT_APPEND_NEWLINE)
-        path = self.directory / f"{now:%Y/%m/%d/%H}" / f"{self.endpoint_name}.jsonl"
+        path = self.directory / variant / f"{now:%Y/%m/%d/%H}" / f"{self.endpoint_name}.jsonl"
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as capture:
@@ -641,7 +641,7 @@ def _invoke(endpoint: Endpoint, body: bytes, content_type_header: str | None) ->
         content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     headers = {VARIANT_HEADER: variant_name(model.version)}
     if endpoint.capture is not None:
-        headers["x-inference-id"] = endpoint.capture.record(model.version, content_type, body, content)
+        headers["x-inference-id"] = endpoint.capture.record(headers[VARIANT_HEADER], content_type, body, content)
     return Response(content, media_type=content_type, headers=headers)
 
 

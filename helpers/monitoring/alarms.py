@@ -22,7 +22,6 @@ import pandas as pd
 
 from helpers.core.times import minute_iso
 from helpers.local.sqlite import SQLiteFile
-from helpers.training.params import WQL_THRESHOLD
 
 NAMESPACE = "CustomModelMonitoring"
 WQL_METRIC = "weighted_quantile_loss"
@@ -37,7 +36,9 @@ MISSING_DATA = ("notBreaching", "breaching", "ignore")
 
 @dataclass(frozen=True)
 class AlarmSettings:
-    """PutMetricAlarm's settings; the threshold is a parameter-store name, read at every evaluation."""
+    """PutMetricAlarm's settings. With ``threshold_metric``, the alarm is on metric math: ``metric_name -
+    threshold_metric`` (the threshold published beside each datapoint) compared with ``threshold`` (0), so that the
+    rule holds as a CloudWatch alarm, which cannot read a parameter store."""
 
     name: str
     dimensions: dict
@@ -49,7 +50,8 @@ class AlarmSettings:
     datapoints_to_alarm: int = 3
     comparison: str = "GreaterThanOrEqualToThreshold"
     treat_missing_data: str = "notBreaching"
-    threshold_parameter: str = WQL_THRESHOLD
+    threshold: float = 0.0
+    threshold_metric: str | None = THRESHOLD_METRIC
 
     def __post_init__(self):
         if self.statistic not in STATISTICS:
@@ -65,6 +67,29 @@ class AlarmSettings:
                              f"({self.evaluation_periods})")
         if self.evaluation_periods * self.period > 86400:
             raise ValueError("evaluation_periods x period must not exceed one day (CloudWatch's limit)")
+
+    @property
+    def label(self) -> str:
+        """What the alarm compares with its threshold."""
+        return f"{self.metric_name} - {self.threshold_metric}" if self.threshold_metric else self.metric_name
+
+    def metric_alarm_request(self) -> dict:
+        """CloudWatch PutMetricAlarm's arguments for these settings: what the AWS twin creates."""
+        def metric(query_id: str, name: str) -> dict:
+            return {"Id": query_id, "ReturnData": False, "MetricStat": {
+                "Metric": {"Namespace": self.namespace, "MetricName": name,
+                           "Dimensions": [{"Name": k, "Value": str(v)} for k, v in self.dimensions.items()]},
+                "Period": self.period, "Stat": self.statistic}}
+        request = {"AlarmName": self.name, "EvaluationPeriods": self.evaluation_periods,
+                   "DatapointsToAlarm": self.datapoints_to_alarm, "Threshold": self.threshold,
+                   "ComparisonOperator": self.comparison, "TreatMissingData": self.treat_missing_data}
+        if self.threshold_metric is None:
+            return {**request, "Namespace": self.namespace, "MetricName": self.metric_name, "Period": self.period,
+                    "Statistic": self.statistic,
+                    "Dimensions": [{"Name": k, "Value": str(v)} for k, v in self.dimensions.items()]}
+        return {**request, "Metrics": [metric("score", self.metric_name), metric("bar", self.threshold_metric),
+                                       {"Id": "excess", "Expression": "score - bar", "Label": self.label,
+                                        "ReturnData": True}]}
 
     @property
     def evaluation_range(self) -> int:
@@ -86,7 +111,8 @@ def evaluate(values: list[float | None], threshold: float, settings: AlarmSettin
             return state, f"too few datapoints ({len(real)} of {n}), missing data ignored: state kept"
     verb = settings.comparison.removesuffix("Threshold")
     shown = ", ".join("missing" if v is None else f"{v:.4f}" for v in values)
-    reason = f"{sum(judged)} of the {n} datapoints judged were {verb} the threshold {threshold:.4f} ([{shown}])"
+    reason = (f"{sum(judged)} of the {n} datapoints of {settings.label} judged were {verb} {threshold:.4f} "
+              f"([{shown}])")
     return (ALARM if sum(judged) >= m else OK), reason
 
 
@@ -120,6 +146,17 @@ class MetricStore(SQLiteFile):
         for timestamp, value in rows:
             by_period.setdefault(start + (timestamp - start) // period * period, []).append(value)
         return {p: float(STATISTICS[statistic](values)) for p, values in sorted(by_period.items())}
+
+    def alarm_series(self, settings: AlarmSettings, start: float, end: float) -> dict[float, float]:
+        """The series an alarm judges over [start, end), by period: its metric, or its metric math (a period
+        with either metric missing is missing, as in CloudWatch)."""
+        values = self.statistics(settings.namespace, settings.metric_name, settings.dimensions, start, end,
+                                 settings.period, settings.statistic)
+        if settings.threshold_metric is None:
+            return values
+        bars = self.statistics(settings.namespace, settings.threshold_metric, settings.dimensions, start, end,
+                               settings.period, settings.statistic)
+        return {p: v - bars[p] for p, v in values.items() if p in bars}
 
     def frame(self, namespace: str = NAMESPACE) -> pd.DataFrame:
         """Every datapoint of ``namespace``: timestamp (UTC), metric, dimensions, value."""

@@ -7,18 +7,20 @@ Every hour of event time, for each endpoint (staging, prod) separately:
 2. Take every forecast point whose minute falls in the hour, now that the hour has matured (the
    stream's watermark is past it plus the allowed lateness, so no revision can change its actuals),
    and compare it with the feature store: mean wQL over all of them (hundreds of points, not 5).
-3. Publish ``weighted_quantile_loss`` and ``weighted_quantile_loss_threshold`` to the namespace
-   ``CustomModelMonitoring`` with dimension ``StageName``, stamped with the hour. The metric store
-   keeps one datapoint per hour, so re-running an hour (after a crash, or "run now") never
-   double-publishes.
-4. Evaluate the stage's alarm (Maximum, 3600 s, 3 of 3, >= threshold, missing = notBreaching), the
-   threshold read from the parameter store now. While it is in ALARM, each period it asks for a
-   retrain (:mod:`helpers.monitoring.retrain`), which runs one at a time per project.
+3. Publish ``weighted_quantile_loss`` and ``weighted_quantile_loss_threshold`` (the threshold in force, read
+   from the parameter store now) to the namespace ``CustomModelMonitoring`` with dimension ``StageName``,
+   stamped with the hour; an hour one version served alone also with ``StageName`` and ``ModelVersion``.
+   The metric store keeps one datapoint per hour, so re-running an hour (after a crash, or "run now")
+   never double-publishes.
+4. Evaluate the stage's alarm, as CloudWatch would: on the metric math ``wQL - threshold`` of the
+   version the endpoint serves (dimension ``ModelVersion``), Maximum, 3600 s, 3 of the last 5 >= 0,
+   missing data not breaching. While it is in ALARM, each period it asks for a retrain
+   (:mod:`helpers.monitoring.retrain`), which runs one at a time per project.
 
-A fresh model is judged on its own forecasts only: an alarm ignores the hours before the version it
-watches was serving them alone (those hours are missing data, so not breaching). Together with the
-threshold floor applied at approval (see :func:`helpers.endpoints.deploy.update_threshold_on_approval`), a
-retrained model does not inherit its predecessor's breaches.
+A fresh model is judged on its own forecasts only: its alarm watches its own ``ModelVersion``, so the hours
+before it served alone are missing data, not breaching. Together with the threshold floor applied at
+approval (see :func:`helpers.core.policies.threshold_after_approval`), a retrained model does not inherit
+its predecessor's breaches.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from helpers.core.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
 from helpers.core.times import minute_iso
 from helpers.endpoints import deploy
 from helpers.endpoints.deploy import ENDPOINTS, capture_dir
+from helpers.endpoints.interface import variant_version
 from helpers.endpoints.serving import read_capture_file
 from helpers.feature_store import open_tx_per_minute
 from helpers.local import daemon
@@ -60,9 +63,15 @@ def alarm_name(stage: str) -> str:
     return f"btc-avg-fee-wql-{stage}"
 
 
-def alarm_settings(stage: str, config: MonitorConfig) -> alarms.AlarmSettings:
-    return alarms.AlarmSettings(alarm_name(stage), {"StageName": stage}, evaluation_periods=config.evaluation_periods,
+def alarm_settings(stage: str, config: MonitorConfig, model_version: int | None) -> alarms.AlarmSettings:
+    """The stage's alarm, on the version it serves (a deploy moves the alarm to the new version's metrics)."""
+    return alarms.AlarmSettings(alarm_name(stage), metric_dimensions(stage, model_version),
+                                evaluation_periods=config.evaluation_periods,
                                 datapoints_to_alarm=config.datapoints_to_alarm)
+
+
+def metric_dimensions(stage: str, model_version: int | None = None) -> dict[str, str]:
+    return {"StageName": stage, **({"ModelVersion": str(model_version)} if model_version is not None else {})}
 
 
 # ---------------------------------------------------------------- the forecasts each stage served
@@ -88,10 +97,12 @@ class Ledger(SQLiteFile):
     def read_captures(self, paths: Paths, stage: str) -> int:
         """Add the forecasts captured since the last read; returns how many."""
         added = 0
-        for path in sorted(capture_dir(paths, stage).rglob("*.jsonl")):
+        root = capture_dir(paths, stage)
+        for path in sorted(root.rglob("*.jsonl")):
             row = self._conn.execute("SELECT offset FROM capture_offsets WHERE path = ?", (str(path),)).fetchone()
             events, offset = read_capture_file(path, row[0] if row else 0)
-            rows = [forecast for event in events for forecast in _forecasts(event, stage)]
+            version = variant_version(path.relative_to(root).parts[0])  # SageMaker's layout: <endpoint>/<variant>/
+            rows = [forecast for event in events for forecast in _forecasts(event, stage, version)]
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("INSERT OR IGNORE INTO forecasts VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -116,11 +127,6 @@ class Ledger(SQLiteFile):
                            (stage, hour, result["wql"], result["points"], result["forecasts"],
                             json.dumps(result["versions"]), threshold, time.time()))
 
-    def versions_by_hour(self, stage: str, start: float, end: float) -> dict[float, list[int]]:
-        rows = self._conn.execute("SELECT hour, versions FROM evaluations WHERE stage = ? AND hour >= ? AND hour < ?",
-                                  (stage, start, end))
-        return {hour: json.loads(versions) for hour, versions in rows}
-
     def evaluations(self) -> pd.DataFrame:
         frame = pd.read_sql("SELECT stage, hour, wql, points, forecasts, versions, threshold FROM evaluations"
                             " ORDER BY hour, stage", self._conn)
@@ -128,7 +134,7 @@ class Ledger(SQLiteFile):
         return frame
 
 
-def _forecasts(event: dict, stage: str) -> list[tuple]:
+def _forecasts(event: dict, stage: str, model_version: int | None) -> list[tuple]:
     """One row per instance of a captured request: its origin is the minute after the history it was sent."""
     meta, data = event["eventMetadata"], event["captureData"]
     try:
@@ -141,7 +147,7 @@ def _forecasts(event: dict, stage: str) -> list[tuple]:
         quantiles = quantile_arrays(prediction)
         if quantiles is None:
             continue  # asked for other quantiles: wQL over 0.1..0.9 cannot be computed
-        rows.append((f"{meta['eventId']}-{i}", stage, meta.get("modelVersion"), forecast_origin(instance),
+        rows.append((f"{meta['eventId']}-{i}", stage, model_version, forecast_origin(instance),
                      len(quantiles[QUANTILE_NAMES[0]]), json.dumps({q: v.tolist() for q, v in quantiles.items()})))
     return rows
 
@@ -202,11 +208,12 @@ def run_now(state_dir=None) -> list[dict]:
     try:
         until = mature_until(paths)
         for stage in ENDPOINTS:
-            alarm_store.put_alarm(alarm_settings(stage, config), at=until or 0)
+            serving = deploy.describe(paths.root, stage).get("ModelVersion")  # the endpoint's config says
+            alarm_store.put_alarm(alarm_settings(stage, config, serving), at=until or 0)
             ledger.read_captures(paths, stage)
             for hour in _due_hours(ledger, stage, until):
                 result = evaluate_hour(paths, ledger, metrics, params, stage, hour)
-                result["alarm"] = evaluate_alarm(paths, ledger, metrics, alarm_store, params, stage, hour + HOUR)
+                result["alarm"] = evaluate_alarm(paths, metrics, alarm_store, stage, hour + HOUR)
                 done.append(result)
     finally:
         for store in (ledger, metrics, alarm_store, params):
@@ -228,10 +235,13 @@ def evaluate_hour(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, par
     result = score_hour(ledger, _actuals(paths, hour, hour + HOUR), stage, hour)
     threshold = params.get_float(WQL_THRESHOLD)
     if result["wql"] is not None:  # no forecast, no datapoint: the alarm sees missing data
-        dimensions = [{"Name": "StageName", "Value": stage}]
+        served_alone = result["versions"][0] if len(result["versions"]) == 1 else None
         metrics.put_metric_data(alarms.NAMESPACE, [
-            {"MetricName": alarms.WQL_METRIC, "Dimensions": dimensions, "Timestamp": hour, "Value": result["wql"]},
-            {"MetricName": alarms.THRESHOLD_METRIC, "Dimensions": dimensions, "Timestamp": hour, "Value": threshold}])
+            {"MetricName": name, "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+             "Timestamp": hour, "Value": value}
+            for dimensions in ([metric_dimensions(stage)] + ([metric_dimensions(stage, served_alone)]
+                                                             if served_alone is not None else []))
+            for name, value in ((alarms.WQL_METRIC, result["wql"]), (alarms.THRESHOLD_METRIC, threshold))])
     ledger.record(stage, hour, result, threshold)
     log.info("%s %s: wQL %s over %d points of %d forecasts (versions %s)", stage, minute_iso(hour),
              "n/a" if result["wql"] is None else f"{result['wql']:.4f}", result["points"], result["forecasts"],
@@ -239,21 +249,16 @@ def evaluate_hour(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, par
     return {"stage": stage, "hour": minute_iso(hour), **result, "threshold": threshold}
 
 
-def evaluate_alarm(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, alarm_store: alarms.AlarmStore,
-                   params: ParameterStore, stage: str, period_end: float) -> str:
+def evaluate_alarm(paths: Paths, metrics: alarms.MetricStore, alarm_store: alarms.AlarmStore, stage: str,
+                   period_end: float) -> str:
     """Evaluate the stage's alarm through ``period_end``; while it is in ALARM, ask for a retrain."""
     settings = alarm_store.settings(alarm_name(stage))
     start = period_end - settings.evaluation_range * settings.period
-    values = metrics.statistics(settings.namespace, settings.metric_name, settings.dimensions, start, period_end,
-                                settings.period, settings.statistic)
-    serving = deploy.describe(paths.root, stage).get("ModelVersion")  # the endpoint's word: captures may lag a swap
-    settled = _served_alone_since(ledger.versions_by_hour(stage, start, period_end), serving)
-    periods = [start + k * settings.period for k in range(settings.evaluation_range)]
-    judged = [values.get(p) if p >= settled else None for p in periods]
-    threshold = params.get_float(settings.threshold_parameter)
+    series = metrics.alarm_series(settings, start, period_end)
+    judged = [series.get(start + k * settings.period) for k in range(settings.evaluation_range)]
     old = alarm_store.describe(settings.name)["StateValue"]
-    state, reason = alarms.evaluate(judged, threshold, settings, old)
-    alarm_store.record(settings.name, period_end, state, reason, threshold)
+    state, reason = alarms.evaluate(judged, settings.threshold, settings, old)
+    alarm_store.record(settings.name, period_end, state, reason, _threshold_published(metrics, settings, period_end))
     if state != old:
         log.warning("alarm %s: %s -> %s: %s", settings.name, old, state, reason)
     if state == alarms.ALARM:
@@ -264,10 +269,13 @@ def evaluate_alarm(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, al
     return state
 
 
-def _served_alone_since(versions_by_hour: dict[float, list[int]], serving: int | None) -> float:
-    """The first hour from which the version serving now served alone: earlier hours belong to other versions."""
-    others = [hour for hour, versions in versions_by_hour.items() if versions and set(versions) != {serving}]
-    return max(others) + HOUR if others else -math.inf
+def _threshold_published(metrics: alarms.MetricStore, settings: alarms.AlarmSettings,
+                         period_end: float) -> float | None:
+    """The threshold published with the stage's newest hour: what the alarm compared with, for its history."""
+    stage_only = {"StageName": settings.dimensions["StageName"]}
+    published = metrics.statistics(settings.namespace, alarms.THRESHOLD_METRIC, stage_only,
+                                   period_end - settings.period, period_end, settings.period, "Maximum")
+    return next(iter(published.values()), None)
 
 
 # ---------------------------------------------------------------- reading the results
