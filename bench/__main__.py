@@ -9,7 +9,7 @@ import traceback
 
 from bench.common import RESULTS, Record, save, table
 
-MODULES = ["bench.ingest", "bench.features", "bench.train", "bench.serve", "bench.suite"]
+MODULES = ["bench.ingest", "bench.features", "bench.flink", "bench.train", "bench.serve", "bench.suite"]
 
 
 def run_module(module: str) -> list[Record]:

@@ -79,16 +79,39 @@ class LocalBackend:
 
 
 class AwsBackend:
-    """The AWS twins, stage by stage as they land; a stage not built yet says so when it is first used."""
+    """The AWS twins, stage by stage as they land; a stage not built yet says so when it is first used.
+
+    Options: ``prefix`` (names every resource; one per learner sharing an account), ``region``, ``profile``.
+    """
 
     name = "aws"
-    location = "AWS (the stacks in cloudformation/)"
+    BUILT = ("stream", "features")
 
     def __init__(self, **options):
-        self.options = options
+        from helpers.aws.session import AwsContext
+
+        self.context = AwsContext(**options)
+
+    @property
+    def location(self) -> str:
+        region = self.context.region or "the default region"
+        return f"AWS: the stacks {self.context.prefix}-storage and {self.context.prefix}-ingestion in {region}"
+
+    def stream(self):
+        from helpers.ingestion.aws import AwsStream
+
+        return AwsStream(self.context)
+
+    def features(self):
+        return self.stream().features()
+
+    def teardown(self) -> Teardown:
+        """Stop what costs by the hour while idle (the Flink application, the poller's schedule); delete nothing."""
+        status = self.stream().stop()
+        return Teardown(["poller schedule", "Flink application"], [] if not status.running else [status.where])
 
     def __getattr__(self, stage: str):
-        if stage in Workshop.STAGES or stage == "teardown":
+        if stage in Workshop.STAGES:
             def not_built(*_args, **_kwargs):
                 raise NotImplementedError(
                     f"backend='aws': the {stage} stage has no AWS implementation yet (it lands with the AWS backend "

@@ -68,6 +68,18 @@ def test_each_local_stage_satisfies_its_interface(tmp_path, stage):
     workshop.teardown()
 
 
+def test_each_built_aws_stage_satisfies_its_interface():
+    from helpers.aws.session import AwsContext
+    from helpers.feature_store.aws import AwsFeatureGroup
+    from helpers.ingestion.aws import AwsStream
+
+    context = AwsContext(prefix="ws-test", region="eu-west-1")
+    assert differences(AwsStream(context), Stream) == []
+    features = AwsFeatureGroup(context, {"FeatureGroupName": "ws-test-tx-per-minute"})
+    assert differences(features, FeatureGroupReader) == []
+    assert connect("aws")._backend.BUILT == ("stream", "features")
+
+
 def test_stages_are_built_on_first_use_so_notebook_01_loads_no_training_stack(tmp_path):
     code = ("import sys\nfrom helpers.connect import connect\nws = connect('local', sys.argv[1])\n"
             "ws.stream.status(); ws.features.latest_online(1)\n"
@@ -77,12 +89,10 @@ def test_stages_are_built_on_first_use_so_notebook_01_loads_no_training_stack(tm
 
 
 def test_aws_names_the_stage_it_lacks_and_a_bad_backend_names_the_choices(tmp_path):
-    workshop = connect("aws")
-    assert workshop.backend == "aws"
+    workshop = connect("aws", prefix="ws-test", region="eu-west-1")
+    assert workshop.backend == "aws" and "ws-test-ingestion in eu-west-1" in workshop.location
     with pytest.raises(NotImplementedError, match="the builds stage has no AWS implementation yet.*backend='local'"):
         workshop.builds
-    with pytest.raises(NotImplementedError, match="the stream stage"):
-        workshop.stream
     with pytest.raises(ValueError, match=r"backend='gcp': use one of \('local', 'aws'\)"):
         connect("gcp")
 

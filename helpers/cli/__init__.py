@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from helpers.cli import builds, endpoints, features, monitor, services, stream
+from helpers.cli import aws, builds, endpoints, features, monitor, services, stream
 
-STAGES = (stream, features, builds, endpoints, monitor, services)
+STAGES = (stream, features, builds, endpoints, monitor, services, aws)
 # What a command may raise for a mistake of its caller: the message says what to do, without a traceback.
-USER_ERRORS = (ValueError, KeyError, RuntimeError, TimeoutError)
+USER_ERRORS = (ValueError, KeyError, RuntimeError, TimeoutError)  # AwsSetupError is a RuntimeError
 
 
 def parser() -> argparse.ArgumentParser:

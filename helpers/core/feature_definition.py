@@ -12,13 +12,13 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 FEATURE_TYPES = ("Integral", "Fractional", "String")
-_ARROW_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
+OFFLINE_TABLE_FORMATS = ("Glue", "Iceberg")
 _NAME = re.compile(r"^[a-zA-Z0-9]([_-]*[a-zA-Z0-9]){0,63}$")  # SageMaker's feature group name rule
 # Columns the offline store adds to every row, as SageMaker's does.
-SYSTEM_COLUMNS = (("write_time", pa.float64()), ("api_invocation_time", pa.float64()), ("is_deleted", pa.bool_()))
+SYSTEM_COLUMNS = (("write_time", "float64"), ("api_invocation_time", "float64"), ("is_deleted", "bool_"))
+_ARROW_TYPES = {"Integral": "int64", "Fractional": "float64", "String": "string"}
 
 
 class FeatureStoreError(ValueError):
@@ -67,10 +67,14 @@ class FeatureGroupDefinition:
     def athena_table_stem(self) -> str:
         return self.name.replace("-", "_").lower()
 
-    def arrow_schema(self) -> pa.Schema:
-        """The offline store's Parquet schema: the features, then SageMaker's system columns."""
-        return pa.schema([pa.field(f.name, _ARROW_TYPES[f.type]) for f in self.features]
-                         + [pa.field(name, kind) for name, kind in SYSTEM_COLUMNS])
+    def arrow_schema(self):
+        """The offline store's Parquet schema: the features, then SageMaker's system columns.
+
+        pyarrow is imported here, not at the top: the AWS Lambdas use this module and ship without it."""
+        import pyarrow as pa
+
+        return pa.schema([pa.field(f.name, getattr(pa, _ARROW_TYPES[f.type])()) for f in self.features]
+                         + [pa.field(name, getattr(pa, kind)()) for name, kind in SYSTEM_COLUMNS])
 
     def check_feature_names(self, names) -> list[str]:
         unknown = [n for n in names if n not in self.types]
@@ -98,18 +102,24 @@ class FeatureGroupDefinition:
         grid = tuple(data["grid"]) if data.get("grid") else None
         return cls(**{**data, "features": features, "grid": grid})
 
-    def create_request(self, s3_uri: str, role_arn: str) -> dict:
+    def create_request(self, s3_uri: str, role_arn: str, table_format: str = "Glue", kms_key_id: str | None = None,
+                       tags: dict | None = None) -> dict:
         """SageMaker CreateFeatureGroup arguments for this definition (online + offline store)."""
+        if table_format not in OFFLINE_TABLE_FORMATS:
+            raise FeatureStoreError(f"table_format={table_format!r}: use one of {OFFLINE_TABLE_FORMATS}")
+        offline = {"S3StorageConfig": {"S3Uri": s3_uri, **({"KmsKeyId": kms_key_id} if kms_key_id else {})},
+                   "DisableGlueTableCreation": False, "TableFormat": table_format}
+        online = {"EnableOnlineStore": True, **({"SecurityConfig": {"KmsKeyId": kms_key_id}} if kms_key_id else {})}
         return {
             "FeatureGroupName": self.name,
             "RecordIdentifierFeatureName": self.record_identifier,
             "EventTimeFeatureName": self.event_time_feature,
             "FeatureDefinitions": [{"FeatureName": f.name, "FeatureType": f.type} for f in self.features],
-            "OnlineStoreConfig": {"EnableOnlineStore": True},
-            "OfflineStoreConfig": {"S3StorageConfig": {"S3Uri": s3_uri}, "DisableGlueTableCreation": False},
+            "OnlineStoreConfig": online,
+            "OfflineStoreConfig": offline,
             "RoleArn": role_arn,
             "Description": self.description,
-            "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
+            "Tags": [{"Key": k, "Value": v} for k, v in {**self.tags, **(tags or {})}.items()],
         }
 
 

@@ -62,7 +62,7 @@ class Checkpoint(SQLiteFile):
                                "drop distinct transactions as duplicates); start over with python -m helpers reset")
         state = AggregatorState(
             max_event_time=max_time,
-            windows={m: Window(stats=s, revision=r, dirty=d) for m, s, r, d in json.loads(windows)},
+            windows={m: Window(stats=s, revision=r) for m, s, r, *_ in json.loads(windows)},
             seen_keys=np.frombuffer(keys, dtype=HASH_KEY_DTYPE).copy(),
             seen_times=np.frombuffer(times, dtype="<i8").copy(),
             counters=Counters(**json.loads(counters)),
@@ -74,7 +74,7 @@ class Checkpoint(SQLiteFile):
 
         ``dead_letters`` rows are (log_offset, hash, time, fee, size, weight, watermark, reason).
         """
-        windows = [[m, w.stats, w.revision, w.dirty] for m, w in state.windows.items()]
+        windows = [[m, w.stats, w.revision] for m, w in state.windows.items()]
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(

@@ -1,0 +1,546 @@
+"""The AWS stacks in cloudformation/: lint-clean (cfn-lint, checkov), tagged for clean-up, wired the way the
+notebooks and the code expect, and deployable under moto (the resource types moto deploys), offline and
+without AWS credentials.
+"""
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from cfnlint.decode import decode
+from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = sorted((REPO / "cloudformation").glob("*.yaml"))
+STORAGE = REPO / "cloudformation" / "storage.yaml"
+INGESTION = REPO / "cloudformation" / "ingestion.yaml"
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+# checkov pins packages the project pins differently (boto3 among them): `make test` builds it its own .venv-lint.
+CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-lint" / "bin" / "checkov"))
+TAGS = {"Project": "realtime-mlops-workshop", "WorkshopPrefix": {"Ref": "Prefix"}}
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"  # moto's
+PREFIX = "mlops-workshop"
+
+NOTEBOOK_OUTPUTS = ["InputStreamName", "InputStreamArn", "OutputStreamName", "OutputStreamArn", "FlinkApplicationName",
+                    "FlinkLogGroup", "PollerFunctionName", "PollerScheduleName", "WriterFunctionName",
+                    "WriterDeadLetterQueueUrl", "FeatureGroupName", "FeatureStoreRoleArn", "OfflineStoreS3Uri",
+                    "DeadLettersS3Uri", "AthenaWorkGroup", "Bucket", "KmsKeyArn"]
+# What moto 5.2.5's CloudFormation deploys; the rest (Scheduler, Managed Flink, Athena, ...) it cannot.
+MOTO_TYPES = {"AWS::Kinesis::Stream", "AWS::IAM::Role", "AWS::SQS::Queue", "AWS::Lambda::Function",
+              "AWS::Logs::LogGroup", "AWS::Lambda::EventSourceMapping", "AWS::KMS::Key", "AWS::KMS::Alias",
+              "AWS::S3::Bucket"}
+
+
+def load(path: Path) -> dict:
+    """The template as plain JSON-able dicts (cfn-lint's own loader: it knows !Ref, !Sub, !GetAtt...)."""
+    template, problems = decode(str(path))
+    assert not problems, [str(p) for p in problems]
+    return json.loads(json.dumps(template))
+
+
+def resources(path: Path, type_: str | None = None) -> dict:
+    return {name: r for name, r in load(path)["Resources"].items() if type_ in (None, r["Type"])}
+
+
+def run(command: list, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_there_are_the_two_stacks():
+    assert [p.name for p in TEMPLATES] == ["ingestion.yaml", "storage.yaml"]
+
+
+# ------------------------------------------------------------------ linters
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_cfn_lint_is_clean(path):
+    result = run([CFN_LINT, "--format", "parseable", path])
+    assert result.returncode == 0, f"cfn-lint {path.name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_checkov_is_clean(path):
+    if not CHECKOV.exists():
+        pytest.fail(f"{CHECKOV} is missing: `make test` builds it (make .venv-lint/.installed)")
+    # --skip-download, BC_SKIP_MAPPING: offline; checkov otherwise asks a web API for its check guidelines.
+    result = run([CHECKOV, "-f", path, "--framework", "cloudformation", "--compact", "--quiet", "--skip-download"],
+                 BC_SKIP_MAPPING="TRUE")
+    assert result.returncode == 0, f"checkov {path.name}:\n{result.stdout}{result.stderr}"
+    passed = re.search(r"Passed checks: (\d+), Failed checks: (\d+)", result.stdout)
+    assert passed and int(passed[1]) >= 5 and passed[2] == "0", result.stdout  # it really scanned the resources
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_every_checkov_skip_says_why(path):
+    for name, resource in resources(path).items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip.get("id", "")), (name, skip)
+            assert isinstance(skip.get("comment"), str) and len(skip["comment"].split()) >= 5, (name, skip)
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_each_template_opens_with_a_two_line_comment(path):
+    head = path.read_text().splitlines()[:3]
+    assert head[0].startswith("# Stack <Prefix>-") and head[1].startswith("# ") and not head[2].startswith("#")
+
+
+# ------------------------------------------------------------------ tags, outputs, wiring
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_every_taggable_resource_carries_the_clean_up_tags(path):
+    taggable = 0
+    for name, resource in resources(path).items():
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(REGION, resource["Type"]).schema
+        if "Tags" not in schema.get("properties", {}):
+            continue
+        taggable += 1
+        tags = resource.get("Properties", {}).get("Tags")
+        as_dict = tags if isinstance(tags, dict) else {t["Key"]: t["Value"] for t in tags or []}
+        assert {k: as_dict.get(k) for k in TAGS} == TAGS, f"{name} ({resource['Type']}): tags {tags}"
+    assert taggable >= 2
+
+
+def test_the_outputs_the_notebooks_read_exist():
+    outputs = load(INGESTION)["Outputs"]
+    assert set(NOTEBOOK_OUTPUTS) <= set(outputs), sorted(set(NOTEBOOK_OUTPUTS) - set(outputs))
+    storage = load(STORAGE)["Outputs"]
+    exports = {name: o["Export"]["Name"] for name, o in storage.items()}
+    assert exports == {"Bucket": {"Fn::Sub": "${Prefix}-bucket"}, "BucketArn": {"Fn::Sub": "${Prefix}-bucket-arn"},
+                       "KmsKeyArn": {"Fn::Sub": "${Prefix}-kms-key-arn"}}
+
+
+def test_the_streams_are_on_demand_and_kms_encrypted():
+    streams = resources(INGESTION, "AWS::Kinesis::Stream")
+    assert sorted(streams) == ["InputStream", "OutputStream"]
+    for name, stream in streams.items():
+        props = stream["Properties"]
+        assert props["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}, name
+        assert props["StreamEncryption"] == {"EncryptionType": "KMS",
+                                             "KeyId": {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-kms-key-arn"}}}, name
+        assert props["RetentionPeriodHours"] == 24
+    assert streams["InputStream"]["Properties"]["Name"] == {"Fn::Sub": "${Prefix}-transactions"}
+    assert streams["OutputStream"]["Properties"]["Name"] == {"Fn::Sub": "${Prefix}-features"}
+
+
+def test_the_bucket_is_versioned_encrypted_private_and_tls_only():
+    stack = resources(STORAGE)
+    bucket = stack["Bucket"]["Properties"]
+    assert bucket["BucketName"] == {"Fn::Sub": "${Prefix}-${AWS::AccountId}-${AWS::Region}"}
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule == {"BucketKeyEnabled": True, "ServerSideEncryptionByDefault": {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["Key", "Arn"]}}}
+    block = bucket["PublicAccessBlockConfiguration"]
+    assert set(block) == {"BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"}
+    assert all(v is True for v in block.values())
+    assert bucket["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 7}
+    assert (rules["expire-athena-results"]["Prefix"], rules["expire-athena-results"]["ExpirationInDays"]) == \
+        ("athena-results/", 7)
+    (deny,) = stack["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
+    key = stack["Key"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    assert stack["KeyAlias"]["Properties"]["AliasName"] == {"Fn::Sub": "alias/${Prefix}"}
+    principals = [s["Principal"] for s in key["KeyPolicy"]["Statement"]]
+    assert "*" not in principals and all(p.get("AWS") != "*" for p in principals)
+
+
+def test_the_key_is_used_only_through_the_workshop_services():
+    statements = {s["Sid"]: s for s in resources(STORAGE)["Key"]["Properties"]["KeyPolicy"]["Statement"]}
+    via = statements["UseThroughWorkshopServices"]["Condition"]["StringEquals"]["kms:ViaService"]
+    services = {v["Fn::Sub"].split(".")[0] for v in via}
+    assert services == {"kinesis", "lambda", "sqs", "sagemaker", "kinesisanalytics", "s3", "athena"}
+    admin = statements["AccountAdministersTheKey"]["Action"]
+    assert not {"kms:Decrypt", "kms:Encrypt", "kms:*"} & set(admin)  # administration only, no direct use
+    logs = statements["CloudWatchLogsForWorkshopLogGroups"]
+    assert logs["Principal"] == {"Service": {"Fn::Sub": "logs.${AWS::Region}.amazonaws.com"}}
+
+
+def test_the_flink_application_is_configured_for_the_job():
+    app = resources(INGESTION)["FlinkApplication"]["Properties"]
+    major, minor = map(int, re.fullmatch(r"FLINK-(\d+)_(\d+)", app["RuntimeEnvironment"]).groups())
+    assert (major, minor) >= (1, 20)
+    assert app["ApplicationName"] == {"Fn::Sub": "${Prefix}-aggregator"}
+    assert app["ApplicationMode"] == "STREAMING"
+    config = app["ApplicationConfiguration"]
+    assert config["ApplicationCodeConfiguration"]["CodeContentType"] == "ZIPFILE"
+    assert config["ApplicationCodeConfiguration"]["CodeContent"]["S3ContentLocation"]["FileKey"] == \
+        {"Ref": "FlinkCodeKey"}
+    assert config["ApplicationSnapshotConfiguration"] == {"SnapshotsEnabled": True}
+    flink = config["FlinkApplicationConfiguration"]
+    assert flink["ParallelismConfiguration"] == {"ConfigurationType": "CUSTOM", "Parallelism": 1,
+                                                 "ParallelismPerKPU": 1, "AutoScalingEnabled": False}
+    groups = {g["PropertyGroupId"]: g["PropertyMap"] for g in config["EnvironmentProperties"]["PropertyGroups"]}
+    run_options = groups["kinesis.analytics.flink.run.options"]
+    assert run_options["python"] == "main.py" and run_options["jarfile"] == {"Ref": "ConnectorJar"}
+    assert run_options["pyFiles"] == "helpers/"
+    props = groups["FlinkApplicationProperties"]
+    assert set(props) == {"connector", "source.stream.arn", "features.stream.arn", "aws.region",
+                          "source.init.position", "dead_letters.path"}
+    assert props["connector"] == "kinesis" and props["source.init.position"] == "TRIM_HORIZON"
+    assert props["source.stream.arn"] == {"Fn::GetAtt": ["InputStream", "Arn"]}
+    assert props["features.stream.arn"] == {"Fn::GetAtt": ["OutputStream", "Arn"]}
+    assert props["aws.region"] == {"Ref": "AWS::Region"}
+    assert props["dead_letters.path"]["Fn::Sub"][0] == "s3://${Bucket}/dead-letters/"
+
+
+def test_the_connector_jar_default_is_the_one_packaged():
+    from helpers.aws.package import CONNECTOR
+
+    assert load(INGESTION)["Parameters"]["ConnectorJar"]["Default"] == f"lib/{CONNECTOR}"
+
+
+def test_the_schedule_says_minute_or_minutes_and_polls_never_overlap():
+    template = load(INGESTION)
+    schedule = template["Resources"]["PollerSchedule"]["Properties"]
+    condition, singular, plural = schedule["ScheduleExpression"]["Fn::If"]
+    assert template["Conditions"][condition] == {"Fn::Equals": [{"Ref": "PollingIntervalMinutes"}, "1"]}
+    assert singular == "rate(1 minute)" and plural == {"Fn::Sub": "rate(${PollingIntervalMinutes} minutes)"}
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert schedule["Target"]["RetryPolicy"] == {"MaximumRetryAttempts": 0}
+    interval = template["Parameters"]["PollingIntervalMinutes"]
+    assert (interval["Type"], interval["MinValue"], interval["MaxValue"]) == ("Number", 1, 60)
+    poller = template["Resources"]["PollerFunction"]["Properties"]
+    assert poller["Timeout"] < 60 * interval["MinValue"]
+    assert poller["ReservedConcurrentExecutions"] == 1
+
+
+def test_the_writer_reads_the_features_stream_with_partial_batch_failures():
+    mapping = resources(INGESTION)["WriterEventSourceMapping"]["Properties"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["OutputStream", "Arn"]}
+    assert {k: mapping[k] for k in ("StartingPosition", "BatchSize", "MaximumBatchingWindowInSeconds",
+                                    "FunctionResponseTypes", "BisectBatchOnFunctionError", "MaximumRetryAttempts",
+                                    "MaximumRecordAgeInSeconds")} == {
+        "StartingPosition": "TRIM_HORIZON", "BatchSize": 100, "MaximumBatchingWindowInSeconds": 5,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"], "BisectBatchOnFunctionError": True,
+        "MaximumRetryAttempts": 5, "MaximumRecordAgeInSeconds": 3600}
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": {"Fn::GetAtt":
+                                                                          ["WriterDeadLetterQueue", "Arn"]}}}
+
+
+def test_only_the_metrics_statement_has_a_wildcard_resource_and_it_is_conditioned():
+    wildcards = []
+    for name, role in resources(INGESTION, "AWS::IAM::Role").items():
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                assert statement["Effect"] == "Allow"
+                found = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                if "*" in found:
+                    wildcards.append((name, statement["Action"], statement.get("Condition")))
+    assert wildcards == [("FlinkRole", "cloudwatch:PutMetricData",
+                          {"StringEquals": {"cloudwatch:namespace": "AWS/KinesisAnalytics"}})]
+
+
+def test_the_log_groups_are_encrypted_and_kept_14_days():
+    groups = resources(INGESTION, "AWS::Logs::LogGroup")
+    assert len(groups) == 3
+    for name, group in groups.items():
+        props = group["Properties"]
+        assert props["RetentionInDays"] == 14, name
+        assert props["KmsKeyId"] == {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-kms-key-arn"}}, name
+
+
+# ------------------------------------------------------------------ moto: the deployable part, deployed
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    """Fake credentials, no profile or config file: nothing here can reach a real account."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    from moto import mock_aws
+    from moto.kinesis.models import Stream, kinesis_backends
+    from moto.kms.models import Key
+
+    # moto's AWS::Kinesis::Stream drops StreamModeDetails and StreamEncryption; pass them on to its Kinesis, as
+    # CloudFormation does, from the properties moto resolved (so a wrong import or a missing setting shows).
+    create = Stream.create_from_cloudformation_json.__func__
+
+    def create_stream(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        stream = create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        props, backend = cloudformation_json.get("Properties", {}), kinesis_backends[account_id][region_name]
+        if "StreamModeDetails" in props:
+            backend.update_stream_mode(stream.arn, props["StreamModeDetails"])
+        if "StreamEncryption" in props:
+            backend.start_stream_encryption(stream.arn, stream.stream_name, props["StreamEncryption"]["EncryptionType"],
+                                            props["StreamEncryption"]["KeyId"])
+        return stream
+
+    monkeypatch.setattr(Stream, "create_from_cloudformation_json", classmethod(create_stream))
+
+    # moto's AWS::KMS::Key keeps a KeyPolicy given as an object as it is, and its KMS then fails to read it back;
+    # CloudFormation hands KMS the policy as JSON text.
+    create_key = Key.create_from_cloudformation_json.__func__
+
+    def create_key_with_json_policy(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        props = cloudformation_json["Properties"]
+        if isinstance(props.get("KeyPolicy"), dict):
+            props["KeyPolicy"] = json.dumps(props["KeyPolicy"])
+        return create_key(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+    monkeypatch.setattr(Key, "create_from_cloudformation_json", classmethod(create_key_with_json_policy))
+    with mock_aws():
+        yield
+
+
+def references(node) -> set[str]:
+    """The logical ids a piece of template refers to (Ref, GetAtt, ${...} in Sub)."""
+    found = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
+                found |= references(value)
+            else:
+                found |= references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= references(item)
+    return found
+
+
+def moto_template(path: Path) -> tuple[dict, set[str]]:
+    """The template less what moto cannot deploy, and the logical ids dropped; fails if a kept resource needs one."""
+    template = load(path)
+    dropped = {n for n, r in template["Resources"].items() if r["Type"] not in MOTO_TYPES}
+    template["Resources"] = {n: r for n, r in template["Resources"].items() if n not in dropped}
+    for name, resource in template["Resources"].items():
+        assert not references(resource) & dropped, f"{name} needs {references(resource) & dropped}, which moto lacks"
+    template["Outputs"] = {n: o for n, o in template.get("Outputs", {}).items() if not references(o) & dropped}
+    if "Key" in template["Resources"]:
+        # moto's AWS::KMS::Key passes CloudFormation's Key/Value tags to its tagger, which wants TagKey/TagValue.
+        key = template["Resources"]["Key"]["Properties"]
+        key["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in key["Tags"]]
+    if "PollingIntervalMinutes" in template.get("Parameters", {}):
+        # moto resolves a Number parameter to an int, and FindInMap then misses the mapping's "2" key;
+        # CloudFormation hands every parameter on as a string.
+        template["Parameters"]["PollingIntervalMinutes"]["Type"] = "String"
+    return template, dropped
+
+
+def deploy(name: str, template: dict, **parameters) -> dict[str, str]:
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    cfn.create_stack(StackName=f"{PREFIX}-{name}", TemplateBody=json.dumps(template),
+                     Capabilities=["CAPABILITY_NAMED_IAM"],
+                     Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()])
+    stack = cfn.describe_stacks(StackName=f"{PREFIX}-{name}")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def deploy_storage() -> dict[str, str]:
+    template, dropped = moto_template(STORAGE)
+    assert dropped == {"BucketPolicy"}  # checked above, statically
+    return deploy("storage", template)
+
+
+def test_storage_stack_creates_the_bucket_and_the_key(aws):
+    outputs = deploy_storage()
+    bucket, key_arn = outputs["Bucket"], outputs["KmsKeyArn"]
+    assert bucket == f"{PREFIX}-{ACCOUNT}-{REGION}" and outputs["BucketArn"] == f"arn:aws:s3:::{bucket}"
+    exports = {e["Name"]: e["Value"] for e in boto3.client("cloudformation").list_exports()["Exports"]}
+    assert exports == {f"{PREFIX}-bucket": bucket, f"{PREFIX}-bucket-arn": f"arn:aws:s3:::{bucket}",
+                       f"{PREFIX}-kms-key-arn": key_arn}
+    s3, kms = boto3.client("s3"), boto3.client("kms")
+    (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
+    tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+    assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}
+    key = kms.describe_key(KeyId=key_arn)["KeyMetadata"]
+    assert (key["KeyManager"], key["KeyState"], key["KeyUsage"]) == ("CUSTOMER", "Enabled", "ENCRYPT_DECRYPT")
+    assert kms.get_key_rotation_status(KeyId=key_arn)["KeyRotationEnabled"] is True
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert aliases[f"alias/{PREFIX}"] == key["KeyId"]
+    tags = {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=key_arn)["Tags"]}
+    assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}
+    policy = as_json(kms.get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"])
+    logs = next(s for s in policy["Statement"] if s["Sid"] == "CloudWatchLogsForWorkshopLogGroups")
+    assert logs["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"] == [
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{PREFIX}-*",
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/kinesis-analytics/{PREFIX}-*"]
+
+
+def as_json(document) -> dict:
+    """A policy document: AWS answers JSON text; moto, for a role's inline policy from CloudFormation, the
+    Python repr of the dict it was given."""
+    if isinstance(document, dict):
+        return document
+    try:
+        return json.loads(document)
+    except json.JSONDecodeError:
+        return ast.literal_eval(document)
+
+
+def role_resources(iam, role: str) -> dict[str, set[str]]:
+    """Each action of the role's inline policies, and the resources it is allowed on."""
+    allowed: dict[str, set[str]] = {}
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        for statement in as_json(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            found = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for action in actions:
+                allowed.setdefault(action, set()).update(found)
+    return allowed
+
+
+def test_ingestion_stack_deploys_what_moto_can_scoped_to_exact_arns(aws):
+    storage = deploy_storage()
+    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("helpers/__init__.py", "")
+    boto3.client("s3").put_object(Bucket=bucket, Key="code/lambda-test.zip", Body=archive.getvalue())
+    template, dropped = moto_template(INGESTION)
+    assert dropped == {"PollerSchedule", "PollerInvokeConfig", "FlinkApplication", "FlinkLogging", "FlinkLogStream",
+                       "AthenaWorkGroup"}
+    outputs = deploy("ingestion", template, LambdaCodeKey="code/lambda-test.zip",
+                     FlinkCodeKey="code/flink-test.zip", PollingIntervalMinutes=2, Source="replay")
+
+    stream = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{PREFIX}"
+    assert (outputs["InputStreamName"], outputs["InputStreamArn"]) == (f"{PREFIX}-transactions",
+                                                                       f"{stream}-transactions")
+    assert (outputs["OutputStreamName"], outputs["OutputStreamArn"]) == (f"{PREFIX}-features", f"{stream}-features")
+    assert (outputs["Bucket"], outputs["KmsKeyArn"]) == (bucket, key)
+    assert outputs["OfflineStoreS3Uri"] == f"s3://{bucket}/offline-store"
+    assert outputs["DeadLettersS3Uri"] == f"s3://{bucket}/dead-letters/"
+    assert outputs["FeatureGroupName"] == f"{PREFIX}-tx-per-minute"
+    assert outputs["FlinkLogGroup"] == f"/aws/kinesis-analytics/{PREFIX}-aggregator"
+
+    kinesis = boto3.client("kinesis")
+    for name in (outputs["InputStreamName"], outputs["OutputStreamName"]):
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        assert summary["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}, name
+        assert (summary["EncryptionType"], summary.get("KeyId")) == ("KMS", key), name
+        assert summary["RetentionPeriodHours"] == 24
+        tags = {t["Key"]: t["Value"] for t in kinesis.list_tags_for_stream(StreamName=name)["Tags"]}
+        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}
+
+    sqs = boto3.client("sqs")
+    queues = {}
+    for name in ("poller-dlq", "feature-writes-dlq"):
+        url = sqs.get_queue_url(QueueName=f"{PREFIX}-{name}")["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert (attributes["KmsMasterKeyId"], attributes["MessageRetentionPeriod"]) == (key, str(14 * 86400))
+        queues[name] = attributes["QueueArn"]
+    assert outputs["WriterDeadLetterQueueUrl"].endswith(f"/{PREFIX}-feature-writes-dlq")
+
+    lam = boto3.client("lambda")
+    poller = lam.get_function(FunctionName=outputs["PollerFunctionName"])
+    config = poller["Configuration"]
+    assert (config["Runtime"], config["Handler"], config["MemorySize"], config["Architectures"]) == \
+        ("python3.12", "helpers.ingestion.poller.handler", 1024, ["x86_64"])
+    assert poller["Concurrency"] == {"ReservedConcurrentExecutions": 1}
+    assert config["Environment"]["Variables"] == {
+        "STREAM_NAME": f"{PREFIX}-transactions", "SOURCE": "replay", "STATE_BUCKET": bucket,
+        "STATE_KEY": "poller/state.json", "DRIFT_KEY": "simulator/drifts.json", "REPLAY_KEY": "replay/recording.jsonl",
+        "SEED": "42"}
+    writer = lam.get_function(FunctionName=outputs["WriterFunctionName"])["Configuration"]
+    assert (writer["Handler"], writer["MemorySize"], writer["Timeout"]) == \
+        ("helpers.feature_store.writer.handler", 512, 60)
+    assert writer["Environment"]["Variables"] == {"FEATURE_GROUP_NAME": f"{PREFIX}-tx-per-minute"}
+    (mapping,) = lam.list_event_source_mappings(FunctionName=outputs["WriterFunctionName"])["EventSourceMappings"]
+    assert mapping["EventSourceArn"] == outputs["OutputStreamArn"]
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": queues["feature-writes-dlq"]}}
+
+    groups = {g["logGroupName"]: g for g in boto3.client("logs").describe_log_groups()["logGroups"]}
+    assert set(groups) == {f"/aws/lambda/{PREFIX}-poller", f"/aws/lambda/{PREFIX}-feature-writer",
+                           f"/aws/kinesis-analytics/{PREFIX}-aggregator"}
+    assert {g["retentionInDays"] for g in groups.values()} == {14}
+
+    # One role per component, each allowed exactly these actions on exactly these resources.
+    arn = f"arn:aws:s3:::{bucket}"
+    log_group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:"
+    glue = f"arn:aws:glue:{REGION}:{ACCOUNT}:"
+    poller_fn = config["FunctionArn"]
+    expected = {
+        f"{PREFIX}-poller": {
+            "kinesis:PutRecord": {f"{stream}-transactions"}, "kinesis:PutRecords": {f"{stream}-transactions"},
+            "kinesis:DescribeStreamSummary": {f"{stream}-transactions"},
+            "s3:GetObject": {f"{arn}/poller/*", f"{arn}/simulator/*", f"{arn}/replay/*"},
+            "s3:PutObject": {f"{arn}/poller/*"}, "s3:ListBucket": {arn},
+            "kms:GenerateDataKey": {key}, "kms:Decrypt": {key}, "sqs:SendMessage": {queues["poller-dlq"]},
+            "logs:CreateLogStream": {f"{log_group}/aws/lambda/{PREFIX}-poller:*"},
+            "logs:PutLogEvents": {f"{log_group}/aws/lambda/{PREFIX}-poller:*"}},
+        f"{PREFIX}-poller-schedule": {"lambda:InvokeFunction": {poller_fn}},
+        f"{PREFIX}-aggregator": {
+            **{f"kinesis:{a}": {f"{stream}-transactions", f"{stream}-transactions/consumer/*"} for a in (
+                "DescribeStream", "GetRecords", "GetShardIterator", "SubscribeToShard", "DescribeStreamConsumer",
+                "RegisterStreamConsumer", "ListStreamConsumers")},
+            "kinesis:ListShards": {f"{stream}-transactions", f"{stream}-transactions/consumer/*", f"{stream}-features"},
+            "kinesis:DescribeStreamSummary": {f"{stream}-transactions", f"{stream}-transactions/consumer/*",
+                                              f"{stream}-features"},
+            "kinesis:PutRecord": {f"{stream}-features"}, "kinesis:PutRecords": {f"{stream}-features"},
+            "s3:GetObject": {f"{arn}/code/*", f"{arn}/dead-letters/*"}, "s3:GetObjectVersion": {f"{arn}/code/*"},
+            **{f"s3:{a}": {f"{arn}/dead-letters/*"} for a in ("PutObject", "DeleteObject", "AbortMultipartUpload",
+                                                               "ListMultipartUploadParts")},
+            "s3:ListBucket": {arn}, "s3:ListBucketMultipartUploads": {arn},
+            "kms:GenerateDataKey": {key}, "kms:Decrypt": {key},
+            "logs:PutLogEvents": {f"{log_group}/aws/kinesis-analytics/{PREFIX}-aggregator:log-stream:*"},
+            "logs:DescribeLogStreams": {f"{log_group}/aws/kinesis-analytics/{PREFIX}-aggregator:log-stream:*"},
+            "logs:DescribeLogGroups": {f"{log_group}*"}, "cloudwatch:PutMetricData": {"*"}},
+        f"{PREFIX}-feature-writer": {
+            "sagemaker:PutRecord": {f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:feature-group/{PREFIX}-tx-per-minute"},
+            **{f"kinesis:{a}": {f"{stream}-features"} for a in ("DescribeStream", "DescribeStreamSummary",
+                                                                "GetRecords", "GetShardIterator", "ListShards")},
+            "sqs:SendMessage": {queues["feature-writes-dlq"]}, "kms:GenerateDataKey": {key}, "kms:Decrypt": {key},
+            "logs:CreateLogStream": {f"{log_group}/aws/lambda/{PREFIX}-feature-writer:*"},
+            "logs:PutLogEvents": {f"{log_group}/aws/lambda/{PREFIX}-feature-writer:*"}},
+        f"{PREFIX}-feature-store": {
+            **{f"s3:{a}": {f"{arn}/offline-store/*"} for a in ("PutObject", "GetObject", "PutObjectAcl")},
+            "s3:GetBucketAcl": {arn},
+            **{f"glue:{a}": {f"{glue}catalog", f"{glue}database/sagemaker_featurestore",
+                             f"{glue}table/sagemaker_featurestore/*"}
+               for a in ("GetTable", "CreateTable", "UpdateTable", "GetDatabase", "CreateDatabase",
+                         "GetTableVersions")},
+            "kms:GenerateDataKey": {key}, "kms:Decrypt": {key}, "kms:DescribeKey": {key}},
+    }
+    iam = boto3.client("iam")
+    roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
+    assert set(roles) == set(expected)
+    for role, allowed in expected.items():
+        assert role_resources(iam, role) == allowed, role
+        tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role)["Tags"]}
+        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}, role
+    trusted = {name: r["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] for name, r in roles.items()}
+    assert trusted == {f"{PREFIX}-poller": "lambda.amazonaws.com", f"{PREFIX}-feature-writer": "lambda.amazonaws.com",
+                       f"{PREFIX}-poller-schedule": "scheduler.amazonaws.com",
+                       f"{PREFIX}-aggregator": "kinesisanalytics.amazonaws.com",
+                       f"{PREFIX}-feature-store": "sagemaker.amazonaws.com"}
+    assert outputs["FeatureStoreRoleArn"] == roles[f"{PREFIX}-feature-store"]["Arn"]
+    assert config["Role"] == roles[f"{PREFIX}-poller"]["Arn"]
+    assert writer["Role"] == roles[f"{PREFIX}-feature-writer"]["Arn"]
+
+
+def test_the_flink_job_finds_every_property_it_reads_in_the_application_s_property_group():
+    from helpers.ingestion.flink_job import PROPERTY_GROUP, connector_options, table_ddl
+
+    groups = load(INGESTION)["Resources"]["FlinkApplication"]["Properties"]["ApplicationConfiguration"][
+        "EnvironmentProperties"]["PropertyGroups"]
+    props = {k: str(v) for k, v in next(g for g in groups if g["PropertyGroupId"] == PROPERTY_GROUP)
+             ["PropertyMap"].items()}
+    source, features, letters = (connector_options(props, role) for role in ("source", "features", "dead_letters"))
+    assert source["connector"] == features["connector"] == "kinesis" and letters["connector"] == "filesystem"
+    assert {"stream.arn", "aws.region", "source.init.position"} <= set(source)  # connector 5.x, not 4.x names
+    assert "scan.stream.initpos" not in source and "stream" not in source
+    assert "`hash` STRING" in table_ddl("transactions", [("hash", "STRING")], source)  # quoted: reserved in 2.x
