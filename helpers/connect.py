@@ -85,7 +85,7 @@ class AwsBackend:
     """
 
     name = "aws"
-    BUILT = ("stream", "features")
+    BUILT = ("stream", "features", "parameters", "builds")
 
     def __init__(self, **options):
         from helpers.aws.session import AwsContext
@@ -104,6 +104,27 @@ class AwsBackend:
 
     def features(self):
         return self.stream().features()
+
+    def parameters(self):
+        from helpers.training.ssm import SsmParameters
+
+        self._deploy_model_build_stack()  # it creates the parameters, with their defaults
+        return SsmParameters(self.context)
+
+    def builds(self):
+        from helpers.training.aws import AwsModelBuilds
+
+        self._deploy_model_build_stack()
+        return AwsModelBuilds(self.context)
+
+    def _deploy_model_build_stack(self) -> None:
+        """The model-build stack (model package group, SSM parameters, the pipeline's role): created on first use,
+        left alone when unchanged."""
+        from helpers.aws import stacks
+
+        if not getattr(self, "_model_build_deployed", False):
+            stacks.deploy(self.context, "model-build", {"Prefix": self.context.prefix})
+            self._model_build_deployed = True
 
     def teardown(self) -> Teardown:
         """Stop what costs by the hour while idle (the Flink application, the poller's schedule); delete nothing."""

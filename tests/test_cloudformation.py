@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((REPO / "cloudformation").glob("*.yaml"))
 STORAGE = REPO / "cloudformation" / "storage.yaml"
 INGESTION = REPO / "cloudformation" / "ingestion.yaml"
+MODEL_BUILD = REPO / "cloudformation" / "model-build.yaml"
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 # checkov pins packages the project pins differently (boto3 among them): `make test` builds it its own .venv-lint.
 CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-lint" / "bin" / "checkov"))
@@ -33,10 +34,14 @@ NOTEBOOK_OUTPUTS = ["InputStreamName", "InputStreamArn", "OutputStreamName", "Ou
                     "FlinkLogGroup", "PollerFunctionName", "PollerScheduleName", "WriterFunctionName",
                     "WriterDeadLetterQueueUrl", "FeatureGroupName", "FeatureStoreRoleArn", "OfflineStoreS3Uri",
                     "DeadLettersS3Uri", "AthenaWorkGroup", "Bucket", "KmsKeyArn"]
-# What moto 5.2.5's CloudFormation deploys; the rest (Scheduler, Managed Flink, Athena, ...) it cannot.
+MODEL_BUILD_OUTPUTS = ["ModelPackageGroupName", "PipelineName", "PipelineRoleArn", "ArtifactsS3Uri",
+                       "WqlThresholdParameter", "BaselineMarginParameter", "HyperparametersParameter",
+                       "CurrentWqlParameter", "ParameterPath"]
+# What moto 5.2.5's CloudFormation deploys; the rest (Scheduler, Managed Flink, Athena, the model registry...) it
+# cannot.
 MOTO_TYPES = {"AWS::Kinesis::Stream", "AWS::IAM::Role", "AWS::SQS::Queue", "AWS::Lambda::Function",
               "AWS::Logs::LogGroup", "AWS::Lambda::EventSourceMapping", "AWS::KMS::Key", "AWS::KMS::Alias",
-              "AWS::S3::Bucket"}
+              "AWS::S3::Bucket", "AWS::SSM::Parameter"}
 
 
 def load(path: Path) -> dict:
@@ -55,8 +60,8 @@ def run(command: list, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
-def test_there_are_the_two_stacks():
-    assert [p.name for p in TEMPLATES] == ["ingestion.yaml", "storage.yaml"]
+def test_there_are_the_three_stacks():
+    assert [p.name for p in TEMPLATES] == ["ingestion.yaml", "model-build.yaml", "storage.yaml"]
 
 
 # ------------------------------------------------------------------ linters
@@ -251,6 +256,106 @@ def test_the_log_groups_are_encrypted_and_kept_14_days():
         assert props["KmsKeyId"] == {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-kms-key-arn"}}, name
 
 
+# ------------------------------------------------------------------ the model-build stack
+
+def model_build_statements() -> list[dict]:
+    (policy,) = resources(MODEL_BUILD)["PipelineRole"]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_outputs_the_model_build_notebook_reads_exist():
+    outputs = load(MODEL_BUILD)["Outputs"]
+    assert set(outputs) == set(MODEL_BUILD_OUTPUTS), sorted(set(outputs) ^ set(MODEL_BUILD_OUTPUTS))
+    assert outputs["PipelineName"]["Value"] == {"Fn::Sub": "${Prefix}-model-build"}
+    assert outputs["ModelPackageGroupName"]["Value"] == {"Fn::Sub": "${Prefix}-avg-fee-deepar"}
+    assert outputs["PipelineRoleArn"]["Value"] == {"Fn::GetAtt": ["PipelineRole", "Arn"]}
+    assert outputs["ArtifactsS3Uri"]["Value"]["Fn::Sub"][0] == "s3://${Bucket}/model-build"
+    assert outputs["ParameterPath"]["Value"] == {"Fn::Sub": "/${Prefix}/"}
+    for name in ("WqlThresholdParameter", "BaselineMarginParameter", "HyperparametersParameter",
+                 "CurrentWqlParameter"):
+        assert outputs[name]["Value"] == {"Ref": name}
+
+
+def test_the_model_build_parameters_default_to_the_code_s_values():
+    from helpers.core.hyperparameters import DeepARHyperparameters
+    from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD
+
+    template = load(MODEL_BUILD)
+    parameters = template["Parameters"]
+    assert parameters["Prefix"] == load(INGESTION)["Parameters"]["Prefix"] | {
+        "Description": parameters["Prefix"]["Description"]}
+    # One definition of DeepAR's defaults: the code's dataclass; the stack's default must not drift from it.
+    default = parameters["Hyperparameters"]["Default"]
+    assert "\n" not in default and json.loads(default) == DeepARHyperparameters().to_dict()
+    assert DeepARHyperparameters.from_dict(json.loads(default)) == DeepARHyperparameters()
+    assert float(parameters["WqlThreshold"]["Default"]) == MODEL_BUILD_DEFAULTS[WQL_THRESHOLD]
+    assert float(parameters["BaselineMargin"]["Default"]) == MODEL_BUILD_DEFAULTS[BASELINE_MARGIN]
+    for name in ("WqlThreshold", "BaselineMargin", "Hyperparameters"):
+        assert re.fullmatch(parameters[name]["AllowedPattern"], parameters[name]["Default"]), name
+
+    ssm = {name: r["Properties"] for name, r in resources(MODEL_BUILD, "AWS::SSM::Parameter").items()}
+    assert {name: (p["Name"], p["Value"]) for name, p in ssm.items()} == {
+        "WqlThresholdParameter": ({"Fn::Sub": "/${Prefix}/model-build/wql-threshold"}, {"Ref": "WqlThreshold"}),
+        "BaselineMarginParameter": ({"Fn::Sub": "/${Prefix}/model-build/baseline-margin"}, {"Ref": "BaselineMargin"}),
+        "HyperparametersParameter": ({"Fn::Sub": "/${Prefix}/model-build/hyperparameters"},
+                                     {"Ref": "Hyperparameters"}),
+        "CurrentWqlParameter": ({"Fn::Sub": "/${Prefix}/model/current-wql"}, "none")}
+    assert {p["Type"] for p in ssm.values()} == {"String"}
+    assert '"none"' in ssm["CurrentWqlParameter"]["Description"]
+    # The same names as the local parameter store's, under the learner's prefix instead of /rtmlops/.
+    assert WQL_THRESHOLD.replace("/rtmlops/", "/${Prefix}/") == ssm["WqlThresholdParameter"]["Name"]["Fn::Sub"]
+    assert BASELINE_MARGIN.replace("/rtmlops/", "/${Prefix}/") == ssm["BaselineMarginParameter"]["Name"]["Fn::Sub"]
+
+
+def test_the_model_package_group_is_named_after_the_prefix():
+    (group,) = resources(MODEL_BUILD, "AWS::SageMaker::ModelPackageGroup").values()
+    props = group["Properties"]
+    assert props["ModelPackageGroupName"] == {"Fn::Sub": "${Prefix}-avg-fee-deepar"}
+    assert props["ModelPackageGroupDescription"]
+
+
+def test_the_model_build_role_passes_only_itself_and_only_to_sagemaker():
+    role = resources(MODEL_BUILD)["PipelineRole"]["Properties"]
+    assert role["RoleName"] == {"Fn::Sub": "${Prefix}-model-build"}
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert (trust["Principal"], trust["Action"]) == ({"Service": "sagemaker.amazonaws.com"}, "sts:AssumeRole")
+    passing = [s for s in model_build_statements() if "iam:PassRole" in as_list(s["Action"])]
+    assert [as_list(s["Action"]) for s in passing] == [["iam:PassRole"]]
+    (statement,) = passing
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${Prefix}-model-build"}
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    assert not any(a.startswith("iam:") for s in model_build_statements() if s["Sid"] != statement["Sid"]
+                   for a in as_list(s["Action"]))
+
+
+def test_the_model_build_role_grants_no_wildcard_action_and_wildcard_resources_only_where_aws_needs_them():
+    statements = model_build_statements()
+    assert len({s["Sid"] for s in statements}) == len(statements) >= 10
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        actions = as_list(statement["Action"])
+        assert not {"*", "sagemaker:*"} & set(actions), statement["Sid"]
+        assert not any("*" in a for a in actions), statement["Sid"]
+    wildcards = {a: s.get("Condition") for s in statements if "*" in as_list(s["Resource"])
+                 for a in as_list(s["Action"])}
+    assert wildcards == {"ecr:GetAuthorizationToken": None,
+                         "cloudwatch:PutMetricData": {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}}
+
+
+def test_the_model_build_role_reaches_the_jobs_a_pipeline_names():
+    jobs = next(s for s in model_build_statements() if "sagemaker:CreateTrainingJob" in as_list(s["Action"]))
+    arns = {r["Fn::Sub"] for r in jobs["Resource"]}
+    account = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
+    # A pipeline names its jobs pipelines-<execution id>-<step>; a job started by hand is named after the prefix.
+    assert arns == {f"{account}{kind}-job/{name}-*" for kind in ("processing", "training", "transform")
+                    for name in ("${Prefix}", "pipelines")}
+
+
 # ------------------------------------------------------------------ moto: the deployable part, deployed
 
 @pytest.fixture
@@ -331,6 +436,10 @@ def moto_template(path: Path) -> tuple[dict, set[str]]:
         # moto's AWS::KMS::Key passes CloudFormation's Key/Value tags to its tagger, which wants TagKey/TagValue.
         key = template["Resources"]["Key"]["Properties"]
         key["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in key["Tags"]]
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::SSM::Parameter" and isinstance(resource["Properties"].get("Tags"), dict):
+            # AWS::SSM::Parameter's Tags are a map; moto's reads them as a list of Key/Value pairs.
+            resource["Properties"]["Tags"] = [{"Key": k, "Value": v} for k, v in resource["Properties"]["Tags"].items()]
     if "PollingIntervalMinutes" in template.get("Parameters", {}):
         # moto resolves a Number parameter to an int, and FindInMap then misses the mapping's "2" key;
         # CloudFormation hands every parameter on as a string.
@@ -530,6 +639,86 @@ def test_ingestion_stack_deploys_what_moto_can_scoped_to_exact_arns(aws):
     assert outputs["FeatureStoreRoleArn"] == roles[f"{PREFIX}-feature-store"]["Arn"]
     assert config["Role"] == roles[f"{PREFIX}-poller"]["Arn"]
     assert writer["Role"] == roles[f"{PREFIX}-feature-writer"]["Arn"]
+
+
+def test_model_build_stack_deploys_its_parameters_and_role_scoped_to_exact_arns(aws):
+    from helpers.core.hyperparameters import DeepARHyperparameters
+
+    storage = deploy_storage()
+    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
+    template, dropped = moto_template(MODEL_BUILD)
+    assert dropped == {"ModelPackageGroup"}  # nothing kept refers to it: the role names the group, it does not Ref it
+    outputs = deploy("model-build", template, WqlThreshold="0.3")
+
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{PREFIX}-model-build"
+    assert outputs == {
+        "ModelPackageGroupName": f"{PREFIX}-avg-fee-deepar", "PipelineName": f"{PREFIX}-model-build",
+        "PipelineRoleArn": role_arn, "ArtifactsS3Uri": f"s3://{bucket}/model-build",
+        "WqlThresholdParameter": f"/{PREFIX}/model-build/wql-threshold",
+        "BaselineMarginParameter": f"/{PREFIX}/model-build/baseline-margin",
+        "HyperparametersParameter": f"/{PREFIX}/model-build/hyperparameters",
+        "CurrentWqlParameter": f"/{PREFIX}/model/current-wql", "ParameterPath": f"/{PREFIX}/"}
+
+    ssm = boto3.client("ssm")
+    found = {p["Name"]: p for p in ssm.get_parameters_by_path(Path=outputs["ParameterPath"], Recursive=True)[
+        "Parameters"]}
+    assert {name: (p["Type"], p["Value"]) for name, p in found.items()} == {
+        outputs["WqlThresholdParameter"]: ("String", "0.3"), outputs["BaselineMarginParameter"]: ("String", "0.10"),
+        outputs["HyperparametersParameter"]: ("String", found[outputs["HyperparametersParameter"]]["Value"]),
+        outputs["CurrentWqlParameter"]: ("String", "none")}
+    hyperparameters = json.loads(found[outputs["HyperparametersParameter"]]["Value"])
+    assert DeepARHyperparameters.from_dict(hyperparameters) == DeepARHyperparameters()
+    for name in found:
+        tags = {t["Key"]: t["Value"] for t in ssm.list_tags_for_resource(ResourceType="Parameter",
+                                                                          ResourceId=name)["TagList"]}
+        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}, name
+
+    iam = boto3.client("iam")
+    role = iam.get_role(RoleName=f"{PREFIX}-model-build")["Role"]
+    assert role["Arn"] == role_arn
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=f"{PREFIX}-model-build")["Tags"]}
+    assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}
+    sagemaker = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:"
+    jobs = {f"{sagemaker}{kind}-job/{name}-*" for kind in ("processing", "training", "transform")
+            for name in (PREFIX, "pipelines")}
+    group = {f"{sagemaker}model-package-group/{PREFIX}-avg-fee-deepar",
+             f"{sagemaker}model-package/{PREFIX}-avg-fee-deepar/*"}
+    arn = f"arn:aws:s3:::{bucket}"
+    glue = f"arn:aws:glue:{REGION}:{ACCOUNT}:"
+    expected = {
+        **{f"sagemaker:{verb}{kind}Job": jobs for verb in ("Create", "Describe", "Stop")
+           for kind in ("Processing", "Training", "Transform")},
+        **{f"sagemaker:{verb}Model": {f"{sagemaker}model/*"} for verb in ("Create", "Describe", "Delete")},
+        **{f"sagemaker:{a}": group for a in ("CreateModelPackage", "DescribeModelPackage", "UpdateModelPackage",
+                                              "ListModelPackages")},
+        "sagemaker:AddTags": jobs | group | {f"{sagemaker}model/*"},
+        **{f"sagemaker:{a}": {f"{sagemaker}feature-group/{PREFIX}-tx-per-minute"}
+           for a in ("DescribeFeatureGroup", "GetRecord", "BatchGetRecord")},  # Prepare reads the newest minute too
+        **{f"sagemaker:{a}": {f"{sagemaker}pipeline/{PREFIX}-model-build",
+                              f"{sagemaker}pipeline/{PREFIX}-model-build/execution/*"}
+           for a in ("DescribePipeline", "ListPipelineExecutionSteps")},
+        "iam:PassRole": {role_arn},
+        "s3:GetObject": {f"{arn}/model-build/*", f"{arn}/athena-results/*", f"{arn}/offline-store/*"},
+        **{f"s3:{a}": {f"{arn}/model-build/*", f"{arn}/athena-results/*"}
+           for a in ("PutObject", "DeleteObject", "AbortMultipartUpload", "ListMultipartUploadParts")},
+        "s3:ListBucket": {arn}, "s3:GetBucketLocation": {arn},
+        "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}, "kms:Encrypt": {key}, "kms:CreateGrant": {key},
+        **{f"athena:{a}": {f"arn:aws:athena:{REGION}:{ACCOUNT}:workgroup/{PREFIX}"}
+           for a in ("StartQueryExecution", "GetQueryExecution", "GetQueryResults", "StopQueryExecution")},
+        **{f"glue:{a}": {f"{glue}catalog", f"{glue}database/sagemaker_featurestore",
+                         f"{glue}table/sagemaker_featurestore/*"}
+           for a in ("GetDatabase", "GetTable", "GetPartitions")},
+        **{f"ssm:{a}": {f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{PREFIX}/model-build/*"}
+           for a in ("GetParameter", "GetParameters")},
+        "ecr:GetAuthorizationToken": {"*"},
+        **{f"ecr:{a}": {f"arn:aws:ecr:{REGION}:*:repository/*"}
+           for a in ("BatchGetImage", "GetDownloadUrlForLayer", "BatchCheckLayerAvailability")},
+        **{f"logs:{a}": {f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/*"}
+           for a in ("CreateLogGroup", "CreateLogStream", "PutLogEvents", "DescribeLogStreams")},
+        "cloudwatch:PutMetricData": {"*"},
+    }
+    assert role_resources(iam, f"{PREFIX}-model-build") == expected
 
 
 def test_the_flink_job_finds_every_property_it_reads_in_the_application_s_property_group():

@@ -77,7 +77,12 @@ def test_each_built_aws_stage_satisfies_its_interface():
     assert differences(AwsStream(context), Stream) == []
     features = AwsFeatureGroup(context, {"FeatureGroupName": "ws-test-tx-per-minute"})
     assert differences(features, FeatureGroupReader) == []
-    assert connect("aws")._backend.BUILT == ("stream", "features")
+    from helpers.training.aws import AwsModelBuilds
+    from helpers.training.ssm import SsmParameters
+
+    assert differences(SsmParameters(context), INTERFACES["parameters"]) == []
+    assert differences(AwsModelBuilds(context), INTERFACES["builds"]) == []
+    assert connect("aws")._backend.BUILT == ("stream", "features", "parameters", "builds")
 
 
 def test_stages_are_built_on_first_use_so_notebook_01_loads_no_training_stack(tmp_path):
@@ -91,8 +96,8 @@ def test_stages_are_built_on_first_use_so_notebook_01_loads_no_training_stack(tm
 def test_aws_names_the_stage_it_lacks_and_a_bad_backend_names_the_choices(tmp_path):
     workshop = connect("aws", prefix="ws-test", region="eu-west-1")
     assert workshop.backend == "aws" and "ws-test-ingestion in eu-west-1" in workshop.location
-    with pytest.raises(NotImplementedError, match="the builds stage has no AWS implementation yet.*backend='local'"):
-        workshop.builds
+    with pytest.raises(NotImplementedError, match="the registry stage has no AWS implementation yet.*backend='local'"):
+        workshop.registry
     with pytest.raises(ValueError, match=r"backend='gcp': use one of \('local', 'aws'\)"):
         connect("gcp")
 

@@ -34,6 +34,12 @@ LAMBDA_MODULES = ["helpers/__init__.py", "helpers/core", "helpers/ingestion/__in
                   "helpers/feature_store/__init__.py", "helpers/feature_store/interface.py",
                   "helpers/feature_store/writer.py"]
 FLINK_MODULES = ["helpers/__init__.py", "helpers/core"]
+# The model build's processing jobs (helpers.training.sagemaker_jobs): the container has numpy, pandas and boto3.
+JOBS_MODULES = ["helpers/__init__.py", "helpers/core", "helpers/aws/__init__.py", "helpers/aws/session.py",
+                "helpers/feature_store/__init__.py", "helpers/feature_store/interface.py",
+                "helpers/feature_store/queries.py", "helpers/feature_store/aws.py", "helpers/feature_store/writer.py",
+                "helpers/training/__init__.py", "helpers/training/interface.py", "helpers/training/build_steps.py",
+                "helpers/training/ssm.py", "helpers/training/sagemaker_jobs.py"]
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,26 @@ def build_flink_zip(jar: Path, out: Path = BUILD) -> Path:
     return path
 
 
-def content_key(path: Path, stem: str) -> str:
-    return f"code/{stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}.zip"
+def build_jobs_zip(out: Path = BUILD) -> Path:
+    """helpers.zip for the processing jobs, imported from the zip itself (zipimport): no install in the job."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "helpers.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        _add_tree(archive, REPO, JOBS_MODULES)
+    return path
+
+
+def content_key(path: Path, stem: str, folder: str = "code") -> str:
+    return f"{folder}/{stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}.zip"
+
+
+def upload_jobs_bundle(context: AwsContext, bucket: str) -> str:
+    """Build and upload the jobs' zip under model-build/ (where the pipeline's role reads); returns its S3 URI."""
+    path = build_jobs_zip()
+    key = content_key(path, "jobs", folder="model-build/code")
+    with explained(f"uploading the model build's code to s3://{bucket}/{key}"):
+        context.client("s3").upload_file(str(path), bucket, key)
+    return f"s3://{bucket}/{key}"
 
 
 def package_and_upload(context: AwsContext, bucket: str, jar: Path | None = None) -> CodePackages:

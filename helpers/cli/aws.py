@@ -1,4 +1,4 @@
-"""AWS commands: ``python -m helpers aws package | deploy | status | redrive | stop``.
+"""AWS commands: ``python -m helpers aws package | deploy | status | redrive | stop | build | report | builds``.
 
 The same steps notebook 01 takes with ``backend="aws"``, for a facilitator's terminal or a learner whose kernel
 cannot build the code packages.
@@ -38,6 +38,15 @@ def add_commands(commands) -> None:
                    ).set_defaults(run=_redrive)
     aws.add_parser("stop", help="stop the Flink application and the poller's schedule (deletes nothing)"
                    ).set_defaults(run=lambda args: emit(_stream(args).stop()))
+    build = aws.add_parser("build", help="deploy the model-build stack, define the SageMaker Pipeline from this "
+                                         "checkout and start an execution (the hyperparameters in SSM)")
+    build.add_argument("--wait", action="store_true", help="wait for it (about 30 minutes) and print its report")
+    build.set_defaults(run=_build)
+    report = aws.add_parser("report", help="a model build's steps, quality gate and comparison with the baselines")
+    report.add_argument("execution_id", help="its id or ARN (python -m helpers aws builds lists them)")
+    report.set_defaults(run=lambda args: _print_report(_builds(args).report(args.execution_id)))
+    aws.add_parser("builds", help="the latest model-build executions, newest first").set_defaults(
+        run=lambda args: print(_builds(args).list().to_string(index=False)))
 
 
 def _context(args):
@@ -68,3 +77,28 @@ def _redrive(args) -> None:
     outputs = _stream(args).outputs
     emit(redrive(context.client("sqs"), context.client("kinesis"), context.client("sagemaker-featurestore-runtime"),
                  outputs["WriterDeadLetterQueueUrl"], outputs["FeatureGroupName"]))
+
+
+def _builds(args):
+    from helpers.connect import AwsBackend
+
+    options = {k: v for k, v in (("prefix", args.prefix), ("region", args.region), ("profile", args.profile)) if v}
+    return AwsBackend(**options).builds()
+
+
+def _build(args) -> None:
+    builds = _builds(args)
+    if args.wait:
+        _print_report(builds.run())
+    else:
+        arn = builds.start()
+        print(f"started {arn}\nfollow it in SageMaker Studio (Pipelines) or: python -m helpers aws report "
+              f"{arn.rsplit('/', 1)[1]}")
+
+
+def _print_report(report) -> None:
+    print(f"execution {report.execution_id}: {report.status}")
+    print(report.steps[["name", "status", "seconds"]].to_string(index=False))
+    print(report.gate_report())
+    if report.evaluation:
+        print(report.comparison().round(4).to_string())

@@ -15,6 +15,20 @@ import pandas as pd
 from helpers.core.gate import GateDecision
 from helpers.core.preparation import BuildSettings
 
+# The parameters' names (on AWS each lives under /<prefix>/ instead of /rtmlops/: helpers.training.ssm).
+WQL_THRESHOLD = "/rtmlops/model-build/wql-threshold"  # the quality gate's bar: mean wQL must not exceed it
+CURRENT_MODEL_WQL = "/rtmlops/model/current-wql"  # the mean wQL of the model in production
+BASELINE_MARGIN = "/rtmlops/model-build/baseline-margin"  # how much worse than the best naive forecast is tolerated
+# What a new state directory starts with (on AWS: the model-build stack's parameters). The threshold is the
+# original system's; the margin is measured (helpers.core.gate, python -m bench train).
+MODEL_BUILD_DEFAULTS = {WQL_THRESHOLD: 0.24, BASELINE_MARGIN: 0.10}
+
+
+class ParameterNotFound(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 # What :meth:`BuildReport.comparison` shows, in this order.
 COMPARISON_COLUMNS = ["mean_wQuantileLoss", "wQuantileLoss[0.1]", "wQuantileLoss[0.5]", "wQuantileLoss[0.9]", "RMSE",
                       "coverage[0.1-0.9]"]

@@ -17,26 +17,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.core import gate
 from helpers.core.baselines import baseline_forecasts
 from helpers.core.gate import GateDecision
-from helpers.core.metrics import DEFAULT_QUANTILES, evaluate, mean_weighted_quantile_loss
+from helpers.core.metrics import DEFAULT_QUANTILES
 from helpers.core.preparation import BuildSettings, check_enough, split
-from helpers.core.times import as_unix
-from helpers.feature_store import TX_PER_MINUTE, open_tx_per_minute
+from helpers.feature_store import open_tx_per_minute
 from helpers.local.clock import write_json_atomic
 from helpers.local.config import Paths
 from helpers.registry import ModelRegistry
 from helpers.training import deepar
+from helpers.training.build_steps import (
+    EVALUATION_FILE,
+    FORECASTS_FILE,
+    MODEL,
+    baseline_scores,
+    decide_gate,
+    evaluate_forecasters,
+    extract_series,
+    load_forecasts,
+    save_forecasts,
+    split_outputs,
+)
 from helpers.training.interface import BuildReport
 from helpers.training.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
 from helpers.training.pipeline import ExecutionStore, Pipeline, QualityGateFailed, Step
 
 log = logging.getLogger("helpers.training.model_build")
-
-TARGET = "avg_fee"
-# The artifacts a build's report is read back from, as a SageMaker Pipeline's would be from S3.
-EVALUATION_FILE, FORECASTS_FILE = "evaluation.json", "test_forecasts.npz"
 
 
 # ---------------------------------------------------------------- the steps
@@ -44,22 +50,12 @@ EVALUATION_FILE, FORECASTS_FILE = "evaluation.json", "test_forecasts.npz"
 
 def extract(ctx: dict) -> dict:
     """Read one row per minute of the target from the feature store, on a complete grid."""
-    settings: BuildSettings = ctx["settings"]
     features = open_tx_per_minute(ctx["paths"].feature_store)
-    newest = features.newest_slot()
-    if newest is None:
-        raise ValueError("the feature store is empty: start the stream first (notebook 01 or python -m helpers start)")
-    end = newest + pd.Timedelta(minutes=1) if settings.end is None else \
-        pd.Timestamp(as_unix(settings.end, "end"), unit="s", tz="UTC")
-    first_held = features.time_range()[0]  # minutes before the stream began are not gaps: they never existed
-    dataset = features.training_dataset(max(end - pd.Timedelta(days=settings.training_days), first_held), end,
-                                        features=[TARGET])
-    features.close()
-    ctx["series"], ctx["series_start"] = dataset.frame[TARGET].to_numpy(dtype=float), dataset.start
-    log.info("extracted %d minutes from %s to %s (%d gaps)", len(dataset.frame), dataset.start, dataset.end,
-             dataset.gaps)
-    return {"data_start": str(dataset.start), "data_end": str(dataset.end), "minutes": len(dataset.frame),
-            "gaps": dataset.gaps, "feature_group": TX_PER_MINUTE.name}
+    try:
+        ctx["series"], ctx["series_start"], outputs = extract_series(features, ctx["settings"])
+    finally:
+        features.close()
+    return outputs
 
 
 def prepare(ctx: dict) -> dict:
@@ -69,12 +65,9 @@ def prepare(ctx: dict) -> dict:
     windows = split(len(ctx["series"]), settings)
     ctx["test_origins"], ctx["validation_ends"], ctx["train_end"] = (windows.test_origins, windows.validation_ends,
                                                                      windows.train_end)
-    at = lambda i: str(ctx["series_start"] + pd.Timedelta(minutes=i))  # noqa: E731
     log.info("training on %d minutes; %d validation and %d test windows of %d minutes", windows.train_end,
              settings.n_validation_windows, settings.n_test_windows, settings.hyperparameters.prediction_length)
-    return {"train_minutes": windows.train_end, "validation_from": at(windows.train_end),
-            "test_from": at(windows.test_origins[0]), "test_windows": settings.n_test_windows,
-            "validation_windows": settings.n_validation_windows}
+    return split_outputs(windows, ctx["series_start"], settings)
 
 
 def train(ctx: dict) -> dict:
@@ -98,45 +91,31 @@ def forecast(ctx: dict) -> dict:
     settings: BuildSettings = ctx["settings"]
     series, horizon = ctx["series"], settings.hyperparameters.prediction_length
     torch.manual_seed(settings.seed)  # sampling is random too: the same seed, the same forecasts
-    ctx["forecasts"] = {"deepar": deepar.forecast(ctx["predictor"], ctx["series_start"],
+    ctx["forecasts"] = {MODEL: deepar.forecast(ctx["predictor"], ctx["series_start"],
                                                   [series[:o] for o in ctx["test_origins"]],
                                                   settings.hyperparameters.time_freq, DEFAULT_QUANTILES,
                                                   settings.num_samples),
                         **baseline_forecasts(series, ctx["test_origins"], horizon)}
     ctx["actuals"] = np.stack([series[o:o + horizon] for o in ctx["test_origins"]])
-    np.savez(ctx["artifacts"] / FORECASTS_FILE, actuals=ctx["actuals"], origins=ctx["test_origins"], series=series,
-             series_start=int(ctx["series_start"].timestamp()),
-             **{f"{name}|{key}": v for name, f in ctx["forecasts"].items() for key, v in f.items()})
+    save_forecasts(ctx["artifacts"] / FORECASTS_FILE, series, ctx["series_start"], ctx["test_origins"],
+                   ctx["actuals"], ctx["forecasts"])
     return {"forecasters": list(ctx["forecasts"]), "windows": len(ctx["test_origins"])}
 
 
 def evaluate_step(ctx: dict) -> dict:
-    """Mean wQL (0.1..0.9), per-quantile wQL, RMSE and coverage, and the worst hour's mean wQL (what the hourly
-    monitor will see on a bad hour), for DeepAR and each baseline."""
-    per_hour = max(1, 60 // ctx["settings"].hyperparameters.prediction_length)  # test windows in an hour
-    ctx["evaluation"] = {name: {**evaluate(ctx["actuals"], f), "worst_hour_wQuantileLoss":
-                                worst_hour(ctx["actuals"], f, per_hour)} for name, f in ctx["forecasts"].items()}
+    """Mean wQL and friends for DeepAR and each baseline, on the same test windows."""
+    ctx["evaluation"] = evaluate_forecasters(ctx["actuals"], ctx["forecasts"],
+                                             ctx["settings"].hyperparameters.prediction_length)
     write_json_atomic(ctx["artifacts"] / EVALUATION_FILE, ctx["evaluation"])  # SageMaker's evaluation.json
-    scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
-    log.info("mean wQL: %s", ", ".join(f"{name} {score:.4f}" for name, score in scores.items()))
-    return {"mean_wQuantileLoss": scores["deepar"],
-            "baselines_mean_wQuantileLoss": {k: v for k, v in scores.items() if k != "deepar"}}
-
-
-def worst_hour(actuals: np.ndarray, forecast: dict, windows_per_hour: int) -> float:
-    """The highest mean wQL of any hour of consecutive test windows."""
-    return max(mean_weighted_quantile_loss(actuals[i:i + windows_per_hour],
-                                           {key: values[i:i + windows_per_hour] for key, values in forecast.items()})
-               for i in range(0, len(actuals), windows_per_hour))
+    return {"mean_wQuantileLoss": ctx["evaluation"][MODEL]["mean_wQuantileLoss"],
+            "baselines_mean_wQuantileLoss": baseline_scores(ctx["evaluation"])}
 
 
 def quality_gate(ctx: dict) -> dict:
     """mean wQL <= the threshold, and no worse than the best baseline within the margin: both read from the
     parameter store now, when the step runs (helpers.core.gate)."""
     params = ParameterStore(ctx["paths"].params)
-    scores = {name: e["mean_wQuantileLoss"] for name, e in ctx["evaluation"].items()}
-    decision = gate.decide(scores.pop("deepar"), scores, params.get_float(WQL_THRESHOLD),
-                           params.get_float(BASELINE_MARGIN))
+    decision = decide_gate(ctx["evaluation"], params.get_float(WQL_THRESHOLD), params.get_float(BASELINE_MARGIN))
     ctx["gate"] = decision
     outputs = {"gate": decision.as_dict()}
     if not decision.passed:
@@ -150,8 +129,8 @@ def register(ctx: dict) -> dict:
     evaluation = ctx["evaluation"]
     extracted = ctx["step_outputs"]
     version = ModelRegistry(ctx["paths"].registry).register(
-        model_dir=ctx["model_dir"], metrics=evaluation["deepar"],
-        baselines={k: v for k, v in evaluation.items() if k != "deepar"},
+        model_dir=ctx["model_dir"], metrics=evaluation[MODEL],
+        baselines={k: v for k, v in evaluation.items() if k != MODEL},
         hyperparameters=settings.hyperparameters.to_dict(),
         data_range={"start": extracted["data_start"], "end": extracted["data_end"], "gaps": extracted["gaps"],
                     "test_from": extracted["test_from"]},
@@ -199,15 +178,7 @@ def report(paths: Paths, execution_id: str) -> BuildReport:
     if (artifacts / EVALUATION_FILE).exists():
         built.evaluation = json.loads((artifacts / EVALUATION_FILE).read_text())
     if (artifacts / FORECASTS_FILE).exists():
-        with np.load(artifacts / FORECASTS_FILE) as saved:
-            start = pd.Timestamp(int(saved["series_start"]), unit="s", tz="UTC")
-            built.target = pd.Series(saved["series"], index=pd.date_range(start, periods=len(saved["series"]),
-                                                                           freq="min"), name=TARGET)
-            built.test_origins, built.actuals = saved["origins"].tolist(), saved["actuals"]
-            for key in saved.files:
-                if "|" in key:
-                    name, quantity = key.split("|")
-                    built.forecasts.setdefault(name, {})[quantity] = saved[key]
+        built.target, built.test_origins, built.actuals, built.forecasts = load_forecasts(artifacts / FORECASTS_FILE)
     return built
 
 
@@ -218,8 +189,8 @@ def _log_build(paths: Paths, built: BuildReport) -> None:
     """Every execution is an MLflow run, a rejected or failed one too: what it measured and what the gate said."""
     evaluation = built.evaluation
     ModelRegistry(paths.registry).log_build(
-        built.execution_id, built.status, built.parameters["hyperparameters"], evaluation.get("deepar"),
-        {k: v for k, v in evaluation.items() if k != "deepar"}, built.gate.reason if built.gate else None,
+        built.execution_id, built.status, built.parameters["hyperparameters"], evaluation.get(MODEL),
+        {k: v for k, v in evaluation.items() if k != MODEL}, built.gate.reason if built.gate else None,
         built.failure_reason)
 
 

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 from helpers.local.sqlite import SQLiteFile
-
-WQL_THRESHOLD = "/rtmlops/model-build/wql-threshold"  # the quality gate's bar: mean wQL must not exceed it
-CURRENT_MODEL_WQL = "/rtmlops/model/current-wql"  # the mean wQL of the model in production
-BASELINE_MARGIN = "/rtmlops/model-build/baseline-margin"  # how much worse than the best naive forecast is tolerated
-# What a new state directory starts with (on AWS: the CloudFormation stack's parameters). The threshold is the
-# original system's; the margin is measured (helpers.core.gate, python -m bench train).
-MODEL_BUILD_DEFAULTS = {WQL_THRESHOLD: 0.24, BASELINE_MARGIN: 0.10}
+from helpers.training.interface import (  # noqa: F401 (the names live with the interface; imported from here too)
+    BASELINE_MARGIN,
+    CURRENT_MODEL_WQL,
+    MODEL_BUILD_DEFAULTS,
+    WQL_THRESHOLD,
+    ParameterNotFound,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parameter_history (
@@ -29,11 +29,6 @@ CREATE TABLE IF NOT EXISTS parameter_history (
     PRIMARY KEY (name, version)
 );
 """
-
-
-class ParameterNotFound(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 class ParameterStore(SQLiteFile):
