@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,28 @@ def state_dir(tmp_path):
     path = tmp_path / "state"
     yield path
     services.stop_all(path)
+
+
+def fake_aws_credentials(patch, region: str, **extra: str) -> None:
+    """moto's placeholder credentials and a region, and no profile, config file or token of this machine's that
+    could reach a real account; ``extra``: more variables to set. ``patch``: a pytest MonkeyPatch."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL"):
+        patch.delenv(name, raising=False)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": region, "AWS_CONFIG_FILE": os.devnull,
+                        "AWS_SHARED_CREDENTIALS_FILE": os.devnull, **extra}.items():
+        patch.setenv(name, value)
+
+
+@contextmanager
+def moto_account(prefix: str, region: str, bucket: str):
+    """A moto account holding the workshop's bucket; yields the AwsContext of ``prefix`` in it."""
+    import boto3
+    from moto import mock_aws
+
+    from helpers.aws.session import AwsContext
+
+    with mock_aws():
+        boto3.client("s3", region_name=region).create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+        yield AwsContext(prefix=prefix, region=region)

@@ -44,7 +44,7 @@ def one_loop() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state, seconds, error = Path(tmp) / "state", {}, None
         try:
-            for notebook, parameters in ci_runs():
+            for notebook, parameters in ci_runs(cleanup=False):  # the loop: 01 to 05
                 started = time.perf_counter()
                 run_notebook(notebook, Path(tmp) / "out", {"backend": "local", "state_dir": str(state), **parameters})
                 seconds[notebook.name] = round(time.perf_counter() - started, 1)

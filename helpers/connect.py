@@ -77,15 +77,30 @@ class LocalBackend:
         still = services.stop_all(self.paths.root)
         return Teardown([name for name in was_running if name not in still], still)
 
+    def inventory(self):
+        from helpers.local import cleanup
+
+        return cleanup.inventory(self.paths.root)
+
+    def clean_up(self, ask=None, yes: bool = False):
+        from helpers.local import cleanup
+
+        return cleanup.clean_up(self.paths.root, ask=ask, yes=yes)
+
+    def running_cost(self):
+        from helpers.core.costs import RunningCost
+
+        return RunningCost([], nothing_up="$0 an hour: the local backend runs on this machine")
+
 
 class AwsBackend:
-    """The AWS twins, stage by stage as they land; a stage not built yet says so when it is first used.
+    """The AWS twins of every stage; a stage without one (none, today) says so when it is first used.
 
     Options: ``prefix`` (names every resource; one per learner sharing an account), ``region``, ``profile``.
     """
 
     name = "aws"
-    BUILT = ("stream", "features", "parameters", "builds")
+    BUILT = ("stream", "features", "parameters", "builds", "registry", "endpoints", "monitor")
 
     def __init__(self, **options):
         from helpers.aws.session import AwsContext
@@ -108,28 +123,79 @@ class AwsBackend:
     def parameters(self):
         from helpers.training.ssm import SsmParameters
 
-        self._deploy_model_build_stack()  # it creates the parameters, with their defaults
+        self._ensure_stack("model-build")  # it creates the parameters, with their defaults
         return SsmParameters(self.context)
 
     def builds(self):
         from helpers.training.aws import AwsModelBuilds
 
-        self._deploy_model_build_stack()
+        self._ensure_stack("model-build")
         return AwsModelBuilds(self.context)
 
-    def _deploy_model_build_stack(self) -> None:
-        """The model-build stack (model package group, SSM parameters, the pipeline's role): created on first use,
-        left alone when unchanged."""
-        from helpers.aws import stacks
+    def registry(self):
+        from helpers.registry.aws import AwsRegistry
 
-        if not getattr(self, "_model_build_deployed", False):
-            stacks.deploy(self.context, "model-build", {"Prefix": self.context.prefix})
-            self._model_build_deployed = True
+        self._ensure_stack("model-build")
+        return AwsRegistry(self.context)
+
+    def endpoints(self):
+        from helpers.endpoints.aws import AwsEndpoints
+
+        self._ensure_stack("deployment")  # the deploy Lambda and its rules, the endpoints' role
+        return AwsEndpoints(self.context)
+
+    def monitor(self):
+        from helpers.monitoring.aws import AwsMonitor
+
+        return AwsMonitor(self.context)  # its start() deploys the monitoring stack, keeping the periods it was given
+
+    def _ensure_stack(self, stack: str) -> None:
+        """A stack the stage needs, created on its first use in this session and left alone when unchanged; the
+        deployment stack gets this checkout's Lambda zip."""
+        from helpers.aws import package, stacks
+
+        deployed = self.__dict__.setdefault("_deployed", set())
+        if stack in deployed:
+            return
+        parameters = {"Prefix": self.context.prefix}
+        if stack == "deployment":  # (the monitor deploys its own stack, keeping the periods it was given)
+            bucket = stacks.require(self.context, "storage").outputs["Bucket"]
+            parameters["LambdaCodeKey"] = package.upload_lambda_zip(self.context, bucket)
+        stacks.deploy(self.context, stack, parameters)
+        deployed.add(stack)
 
     def teardown(self) -> Teardown:
-        """Stop what costs by the hour while idle (the Flink application, the poller's schedule); delete nothing."""
-        status = self.stream().stop()
-        return Teardown(["poller schedule", "Flink application"], [] if not status.running else [status.where])
+        """Stop what bills by the hour while idle: the monitor's schedules, both endpoints (deleted: their configs and
+        models stay, so approving or promoting brings them back), the Flink application and the poller's schedule.
+        No data is deleted (that is :meth:`clean_up`). ``still_running``: what still bills, found in the account."""
+        from helpers.aws.session import AwsSetupError
+        from helpers.endpoints.aws import AwsEndpoints
+
+        stopped = []
+        for what, stop in (("monitor schedules", lambda: self.monitor().stop()),
+                           ("endpoints", lambda: AwsEndpoints(self.context).stop()),
+                           ("poller schedule and Flink application", lambda: self.stream().stop())):
+            try:
+                done = stop()
+            except AwsSetupError:  # its stack was never deployed: nothing of it runs
+                continue
+            stopped += [f"endpoint {name}" for name in done] if what == "endpoints" else [what]
+        return Teardown(stopped, [what for what, _ in self.running_cost().items])
+
+    def inventory(self):
+        from helpers.aws import cleanup
+
+        return cleanup.inventory(self.context)
+
+    def clean_up(self, ask=None, yes: bool = False):
+        from helpers.aws import cleanup
+
+        return cleanup.clean_up(self.context, ask=ask, yes=yes)
+
+    def running_cost(self):
+        from helpers.aws.costs import running_cost
+
+        return running_cost(self.context)
 
     def __getattr__(self, stage: str):
         if stage in Workshop.STAGES:
@@ -196,6 +262,24 @@ class Workshop:
             self.features.close()
             del self.__dict__["features"]
         return self._backend.teardown()
+
+    def running_cost(self):
+        """What bills by the hour now, and how much (:class:`helpers.core.costs.RunningCost`; print it)."""
+        return self._backend.running_cost()
+
+    def inventory(self) -> list:
+        """Everything the workshop made on this backend (:class:`helpers.core.cleanup.Resource`), found where it
+        lives: on AWS by its tags and its stacks, here the running services and the state directory."""
+        return self._backend.inventory()
+
+    def clean_up(self, yes: bool = False, ask=None):
+        """Delete everything :meth:`inventory` finds, after asking (``ask``, default ``input``) unless ``yes``; then
+        look again. Returns a :class:`helpers.core.cleanup.CleanupReport` (``summary()``: clean or NOT CLEAN)."""
+        if "features" in self.__dict__:
+            self.features.close()
+        for stage in self.STAGES:  # built again on next use: what they held is being deleted
+            self.__dict__.pop(stage, None)
+        return self._backend.clean_up(ask=ask, yes=yes)
 
 
 def connect(backend: str = "local", state_dir: str | Path | None = None, **aws_options) -> Workshop:

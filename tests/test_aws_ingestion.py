@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from conftest import PINNED_NOW, make_events
+from conftest import PINNED_NOW, fake_aws_credentials, make_events
 from helpers.aws import stacks
 from helpers.aws.session import AwsContext, AwsSetupError, explained
 from helpers.core.aggregator import Aggregator
@@ -36,10 +36,7 @@ T0 = PINNED_NOW - 3600  # the poller's saved position: an hour before the pinned
 
 @pytest.fixture(autouse=True)
 def fake_credentials(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    fake_aws_credentials(monkeypatch, REGION)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from conftest import PINNED_NOW
+from conftest import PINNED_NOW, fake_aws_credentials, moto_account
 from helpers.aws.package import JOBS_MODULES, build_jobs_zip
 from helpers.aws.session import AwsContext
 from helpers.core.baselines import baseline_forecasts
@@ -41,19 +41,15 @@ CONFIG = PipelineConfig(PREFIX, REGION, f"{PREFIX}-model-build", f"arn:aws:iam::
 @pytest.fixture(autouse=True, scope="module")
 def fake_credentials():
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": REGION, "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
-            patch.setenv(name, value)  # SAGEMAKER_VALIDATE_ROLE: ModelTrainer would simulate the role's policy
-        patch.delenv("AWS_PROFILE", raising=False)
+        # SAGEMAKER_VALIDATE_ROLE: ModelTrainer would otherwise simulate the role's policy (iam:SimulatePrincipalPolicy)
+        fake_aws_credentials(patch, REGION, SAGEMAKER_VALIDATE_ROLE="false")
         yield
 
 
 @pytest.fixture
 def aws():
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        yield AwsContext(prefix=PREFIX, region=REGION)
+    with moto_account(PREFIX, REGION, BUCKET) as context:
+        yield context
 
 
 def pipeline_session(context):

@@ -77,10 +77,13 @@ def test_the_lambda_zip_s_handlers_import_from_the_zip(tmp_path):
     archive = package.build_lambda_zip(tmp_path)
     found = imports_from_zip(archive, ["helpers.ingestion.poller", "helpers.feature_store.writer",
                                        "helpers.ingestion.sources.simulator", "helpers.ingestion.sources.blockchain",
-                                       "helpers.ingestion.sources.replay"])
+                                       "helpers.ingestion.sources.replay", "helpers.endpoints.aws",
+                                       "helpers.monitoring.aws"])
     assert str(archive) in found
     names = zipfile.ZipFile(archive).namelist()
-    left_out = ("helpers/training", "helpers/endpoints", "helpers/feature_store/store")
+    left_out = ("helpers/training/model_build", "helpers/training/deepar", "helpers/endpoints/serving",
+                "helpers/endpoints/deploy", "helpers/feature_store/store", "helpers/local/daemon",
+                "helpers/monitoring/monitor")  # the local twin's machinery
     assert not any(n.startswith(left_out) for n in names)
 
 

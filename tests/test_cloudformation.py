@@ -22,6 +22,8 @@ TEMPLATES = sorted((REPO / "cloudformation").glob("*.yaml"))
 STORAGE = REPO / "cloudformation" / "storage.yaml"
 INGESTION = REPO / "cloudformation" / "ingestion.yaml"
 MODEL_BUILD = REPO / "cloudformation" / "model-build.yaml"
+DEPLOYMENT = REPO / "cloudformation" / "deployment.yaml"
+MONITORING = REPO / "cloudformation" / "monitoring.yaml"
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 # checkov pins packages the project pins differently (boto3 among them): `make test` builds it its own .venv-lint.
 CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-lint" / "bin" / "checkov"))
@@ -37,11 +39,13 @@ NOTEBOOK_OUTPUTS = ["InputStreamName", "InputStreamArn", "OutputStreamName", "Ou
 MODEL_BUILD_OUTPUTS = ["ModelPackageGroupName", "PipelineName", "PipelineRoleArn", "ArtifactsS3Uri",
                        "WqlThresholdParameter", "BaselineMarginParameter", "HyperparametersParameter",
                        "CurrentWqlParameter", "ParameterPath"]
-# What moto 5.2.5's CloudFormation deploys; the rest (Scheduler, Managed Flink, Athena, the model registry...) it
-# cannot.
+DEPLOYMENT_OUTPUTS = ["DeployFunctionName", "EndpointRoleArn", "StagingEndpointName", "ProductionEndpointName",
+                      "DataCaptureS3Uri", "DeploymentsS3Uri", "EndpointInstanceType", "DeployDeadLetterQueueUrl"]
+# What moto 5.2.5's CloudFormation deploys; the rest (Scheduler, Managed Flink, Athena, the model registry, Lambda's
+# EventInvokeConfig, SQS queue policies...) it cannot.
 MOTO_TYPES = {"AWS::Kinesis::Stream", "AWS::IAM::Role", "AWS::SQS::Queue", "AWS::Lambda::Function",
               "AWS::Logs::LogGroup", "AWS::Lambda::EventSourceMapping", "AWS::KMS::Key", "AWS::KMS::Alias",
-              "AWS::S3::Bucket", "AWS::SSM::Parameter"}
+              "AWS::S3::Bucket", "AWS::SSM::Parameter", "AWS::Events::Rule", "AWS::Lambda::Permission"}
 
 
 def load(path: Path) -> dict:
@@ -60,8 +64,12 @@ def run(command: list, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
-def test_there_are_the_three_stacks():
-    assert [p.name for p in TEMPLATES] == ["ingestion.yaml", "model-build.yaml", "storage.yaml"]
+def test_there_are_the_stacks_the_code_deploys():
+    from helpers.aws.stacks import STACKS
+
+    found = {p.stem for p in TEMPLATES}
+    assert found <= set(STACKS), sorted(found - set(STACKS))  # each template is a stack the code deploys
+    assert {"storage", "ingestion", "model-build", "deployment", "monitoring"} <= found
 
 
 # ------------------------------------------------------------------ linters
@@ -170,6 +178,10 @@ def test_the_key_is_used_only_through_the_workshop_services():
     assert not {"kms:Decrypt", "kms:Encrypt", "kms:*"} & set(admin)  # administration only, no direct use
     logs = statements["CloudWatchLogsForWorkshopLogGroups"]
     assert logs["Principal"] == {"Service": {"Fn::Sub": "logs.${AWS::Region}.amazonaws.com"}}
+    events = statements["EventBridgeDeadLettersFromWorkshopRules"]  # the deploy rules' encrypted dead letters
+    assert events["Principal"] == {"Service": "events.amazonaws.com"}
+    assert sorted(events["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert events["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"].endswith(":rule/${Prefix}-*")
 
 
 def test_the_flink_application_is_configured_for_the_job():
@@ -356,6 +368,167 @@ def test_the_model_build_role_reaches_the_jobs_a_pipeline_names():
                     for name in ("${Prefix}", "pipelines")}
 
 
+# ------------------------------------------------------------------ the deployment stack
+
+def deployment_statements(role: str) -> list[dict]:
+    (policy,) = resources(DEPLOYMENT)[role]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def test_the_outputs_the_deployment_code_reads_exist():
+    outputs = load(DEPLOYMENT)["Outputs"]
+    assert set(outputs) == set(DEPLOYMENT_OUTPUTS), sorted(set(outputs) ^ set(DEPLOYMENT_OUTPUTS))
+    assert outputs["DeployFunctionName"]["Value"] == {"Ref": "DeployFunction"}
+    assert outputs["EndpointRoleArn"]["Value"] == {"Fn::GetAtt": ["EndpointRole", "Arn"]}
+    assert outputs["StagingEndpointName"]["Value"] == {"Fn::Sub": "${Prefix}-staging"}
+    assert outputs["ProductionEndpointName"]["Value"] == {"Fn::Sub": "${Prefix}-prod"}
+    assert outputs["DataCaptureS3Uri"]["Value"]["Fn::Sub"][0] == "s3://${Bucket}/data-capture"
+    assert outputs["DeploymentsS3Uri"]["Value"]["Fn::Sub"][0] == "s3://${Bucket}/deployments"
+    assert outputs["EndpointInstanceType"]["Value"] == {"Ref": "EndpointInstanceType"}
+    assert outputs["DeployDeadLetterQueueUrl"]["Value"] == {"Ref": "DeployDeadLetterQueue"}
+    # The endpoint names the code gives them (helpers.endpoints.interface.ENDPOINTS under the prefix).
+    from helpers.endpoints.interface import ENDPOINTS
+
+    assert {outputs[o]["Value"]["Fn::Sub"] for o in ("StagingEndpointName", "ProductionEndpointName")} == \
+        {f"${{Prefix}}-{name}" for name in ENDPOINTS}
+
+
+def test_the_deployment_parameters():
+    parameters = load(DEPLOYMENT)["Parameters"]
+    assert set(parameters) == {"Prefix", "LambdaCodeKey", "EndpointInstanceType"}
+    assert parameters["Prefix"] == load(INGESTION)["Parameters"]["Prefix"] | {
+        "Description": parameters["Prefix"]["Description"]}
+    assert parameters["LambdaCodeKey"] == load(INGESTION)["Parameters"]["LambdaCodeKey"]
+    instance = parameters["EndpointInstanceType"]
+    assert instance["Default"] == "ml.m5.large" and instance["Default"] in instance["AllowedValues"]
+    assert all(re.fullmatch(r"ml\.(m5|c5)\.\d*x?large", t) for t in instance["AllowedValues"]), instance
+
+
+def test_the_deploy_function_runs_the_handler_one_deploy_at_a_time():
+    stack = resources(DEPLOYMENT)
+    function = stack["DeployFunction"]["Properties"]
+    assert function["FunctionName"] == {"Fn::Sub": "${Prefix}-deploy"}
+    assert (function["Runtime"], function["Handler"], function["Timeout"], function["MemorySize"]) == \
+        ("python3.12", "helpers.endpoints.aws.handler", 900, 1024)
+    assert function["ReservedConcurrentExecutions"] == 1  # deploys never race
+    assert function["Code"] == {"S3Bucket": {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-bucket"}},
+                                "S3Key": {"Ref": "LambdaCodeKey"}}
+    assert function["Role"] == {"Fn::GetAtt": ["DeployRole", "Arn"]}
+    assert function["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": ["DeployDeadLetterQueue", "Arn"]}}
+    assert function["LoggingConfig"]["LogGroup"] == {"Ref": "DeployLogGroup"}
+    env = function["Environment"]["Variables"]
+    key = {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-kms-key-arn"}}
+    assert {k: v for k, v in env.items() if k not in ("DATA_CAPTURE_S3_URI", "DEPLOYMENTS_S3_URI")} == {
+        "MLOPS_AWS_PREFIX": {"Ref": "Prefix"}, "ENDPOINT_INSTANCE_TYPE": {"Ref": "EndpointInstanceType"},
+        "ENDPOINT_ROLE_ARN": {"Fn::GetAtt": ["EndpointRole", "Arn"]}, "KMS_KEY_ARN": key,
+        "FEATURE_GROUP_NAME": {"Fn::Sub": "${Prefix}-tx-per-minute"}, "ATHENA_WORKGROUP": {"Ref": "Prefix"}}
+    assert env["DATA_CAPTURE_S3_URI"]["Fn::Sub"][0] == "s3://${Bucket}/data-capture"
+    assert env["DEPLOYMENTS_S3_URI"]["Fn::Sub"][0] == "s3://${Bucket}/deployments"
+    invoke = stack["DeployInvokeConfig"]["Properties"]
+    assert (invoke["FunctionName"], invoke["Qualifier"], invoke["MaximumRetryAttempts"]) == \
+        ({"Ref": "DeployFunction"}, "$LATEST", 1)
+    group = stack["DeployLogGroup"]["Properties"]
+    assert (group["LogGroupName"], group["RetentionInDays"], group["KmsKeyId"]) == \
+        ({"Fn::Sub": "/aws/lambda/${Prefix}-deploy"}, 14, key)
+    queue = stack["DeployDeadLetterQueue"]["Properties"]
+    assert (queue["QueueName"], queue["KmsMasterKeyId"]) == ({"Fn::Sub": "${Prefix}-deploy-dlq"}, key)
+
+
+def test_the_deploy_function_s_environment_is_what_the_handler_reads():
+    from helpers.aws.session import PREFIX_ENV
+    from helpers.endpoints import aws as endpoints
+
+    env = resources(DEPLOYMENT)["DeployFunction"]["Properties"]["Environment"]["Variables"]
+    assert set(endpoints.DeploymentSettings.ENV.values()) | {PREFIX_ENV} == set(env)
+    assert callable(endpoints.handler)
+
+
+def test_the_deploy_rules_run_the_deploy_function_on_approval_and_endpoint_state():
+    stack = resources(DEPLOYMENT)
+    rules = {name: r["Properties"] for name, r in stack.items() if r["Type"] == "AWS::Events::Rule"}
+    assert set(rules) == {"ApprovalRule", "EndpointStateRule"}
+    approval = rules["ApprovalRule"]["EventPattern"]
+    assert approval == {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"],
+                        "detail": {"ModelPackageGroupName": [{"Fn::Sub": "${Prefix}-avg-fee-deepar"}],
+                                   "ModelApprovalStatus": ["PendingManualApproval", "Approved"]}}
+    state = rules["EndpointStateRule"]["EventPattern"]
+    assert (state["source"], state["detail-type"]) == (["aws.sagemaker"], ["SageMaker Endpoint State Change"])
+    assert state["detail"]["EndpointName"] == [{"Fn::Sub": "${Prefix}-staging"}, {"Fn::Sub": "${Prefix}-prod"}]
+    assert {"IN_SERVICE", "FAILED"} <= set(state["detail"]["EndpointStatus"])
+    # The handler reads the same detail-types and fields.
+    handler = (REPO / "helpers" / "endpoints" / "aws.py").read_text()
+    assert all(f'"{p["detail-type"][0]}"' in handler for p in (approval, state))
+
+    permissions = [r["Properties"] for r in stack.values() if r["Type"] == "AWS::Lambda::Permission"]
+    for name, rule in rules.items():
+        assert rule["State"] == "ENABLED", name
+        (target,) = rule["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["DeployFunction", "Arn"]}, name
+        assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["DeployDeadLetterQueue", "Arn"]}}, name
+        assert 0 < target["RetryPolicy"]["MaximumRetryAttempts"], name
+        (permission,) = [p for p in permissions if p["SourceArn"] == {"Fn::GetAtt": [name, "Arn"]}]
+        assert (permission["FunctionName"], permission["Action"], permission["Principal"]) == \
+            ({"Ref": "DeployFunction"}, "lambda:InvokeFunction", "events.amazonaws.com"), name
+    assert len(permissions) == len(rules)
+
+    # EventBridge may put what it could not deliver on the queue, from these two rules only.
+    policy = stack["DeployDeadLetterQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "DeployDeadLetterQueue"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Principal"], statement["Action"], statement["Resource"]) == \
+        ("Allow", {"Service": "events.amazonaws.com"}, "sqs:SendMessage",
+         {"Fn::GetAtt": ["DeployDeadLetterQueue", "Arn"]})
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": [{"Fn::GetAtt": [name, "Arn"]}
+                                                                      for name in rules]}}
+
+
+def test_the_deploy_role_passes_only_the_endpoint_role_and_only_to_sagemaker():
+    stack = resources(DEPLOYMENT)
+    trusts = {name: stack[name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+              for name in ("EndpointRole", "DeployRole")}
+    assert {name: [(s["Principal"], s["Action"]) for s in t] for name, t in trusts.items()} == {
+        "EndpointRole": [({"Service": "sagemaker.amazonaws.com"}, "sts:AssumeRole")],
+        "DeployRole": [({"Service": "lambda.amazonaws.com"}, "sts:AssumeRole")]}
+    assert stack["EndpointRole"]["Properties"]["RoleName"] == {"Fn::Sub": "${Prefix}-endpoint"}
+    passing = [(role, s) for role in ("EndpointRole", "DeployRole") for s in deployment_statements(role)
+               if any(a.startswith("iam:") for a in as_list(s["Action"]))]
+    assert [(role, as_list(s["Action"])) for role, s in passing] == [("DeployRole", ["iam:PassRole"])]
+    ((_, statement),) = passing
+    assert statement["Resource"] == {"Fn::GetAtt": ["EndpointRole", "Arn"]}
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_the_deployment_roles_grant_no_wildcard_action_and_wildcard_resources_only_where_aws_needs_them():
+    wildcards = {}
+    for role in ("EndpointRole", "DeployRole"):
+        statements = deployment_statements(role)
+        assert len({s["Sid"] for s in statements}) == len(statements) >= 5, role
+        for statement in statements:
+            assert statement["Effect"] == "Allow"
+            assert not any("*" in a for a in as_list(statement["Action"])), (role, statement["Sid"])
+            if "*" in as_list(statement["Resource"]):
+                wildcards |= {(role, a): statement.get("Condition") for a in as_list(statement["Action"])}
+    assert wildcards == {
+        ("EndpointRole", "ecr:GetAuthorizationToken"): None,
+        ("EndpointRole", "cloudwatch:PutMetricData"): {
+            "StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/Endpoints"}}}
+
+
+def test_the_deploy_role_reaches_only_the_two_endpoints():
+    account = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
+    endpoints = {f"{account}endpoint/${{Prefix}}-staging", f"{account}endpoint/${{Prefix}}-prod"}
+    allowed: dict[str, set] = {}
+    for statement in deployment_statements("DeployRole"):
+        for action in as_list(statement["Action"]):
+            if action.startswith("sagemaker:") and "Endpoint" in action and "Config" not in action:
+                allowed.setdefault(action, set()).update(r["Fn::Sub"] for r in as_list(statement["Resource"]))
+    # CreateEndpoint and UpdateEndpoint are also authorised on the endpoint config they are given.
+    configs = {f"{account}endpoint-config/${{Prefix}}-*"}
+    assert allowed == {"sagemaker:CreateEndpoint": endpoints | configs, "sagemaker:UpdateEndpoint": endpoints | configs,
+                       "sagemaker:DescribeEndpoint": endpoints, "sagemaker:DeleteEndpoint": endpoints,
+                       "sagemaker:InvokeEndpoint": endpoints}
+
+
 # ------------------------------------------------------------------ moto: the deployable part, deployed
 
 @pytest.fixture
@@ -513,13 +686,42 @@ def role_resources(iam, role: str) -> dict[str, set[str]]:
     return allowed
 
 
-def test_ingestion_stack_deploys_what_moto_can_scoped_to_exact_arns(aws):
+def check_roles(expected: dict[str, dict[str, set[str]]]) -> dict[str, str]:
+    """Every role the stack made is one of ``expected`` (name -> action -> ARNs), allows exactly that, and is tagged;
+    returns them by name."""
+    iam = boto3.client("iam")
+    roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
+    assert set(roles) == set(expected)
+    for role, allowed in expected.items():
+        assert role_resources(iam, role) == allowed, role
+        tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role)["Tags"]}
+        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}, role
+    return roles
+
+
+def athena_reads() -> dict[str, set[str]]:
+    """The Athena and Glue grants of a role that queries the offline store, as moto resolves them."""
+    glue = f"arn:aws:glue:{REGION}:{ACCOUNT}:"
+    return {**{f"athena:{a}": {f"arn:aws:athena:{REGION}:{ACCOUNT}:workgroup/{PREFIX}"}
+               for a in ("StartQueryExecution", "GetQueryExecution", "GetQueryResults")},
+            **{f"glue:{a}": {f"{glue}catalog", f"{glue}database/sagemaker_featurestore",
+                             f"{glue}table/sagemaker_featurestore/*"} for a in ("GetDatabase", "GetTable",
+                                                                                "GetPartitions")}}
+
+
+def deploy_storage_with_lambda_code() -> dict[str, str]:
+    """The storage stack, and a Lambda zip at code/lambda-test.zip for the stacks whose functions take it."""
     storage = deploy_storage()
-    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("helpers/__init__.py", "")
-    boto3.client("s3").put_object(Bucket=bucket, Key="code/lambda-test.zip", Body=archive.getvalue())
+    boto3.client("s3").put_object(Bucket=storage["Bucket"], Key="code/lambda-test.zip", Body=archive.getvalue())
+    return storage
+
+
+def test_ingestion_stack_deploys_what_moto_can_scoped_to_exact_arns(aws):
+    storage = deploy_storage_with_lambda_code()
+    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
     template, dropped = moto_template(INGESTION)
     assert dropped == {"PollerSchedule", "PollerInvokeConfig", "FlinkApplication", "FlinkLogging", "FlinkLogStream",
                        "AthenaWorkGroup"}
@@ -624,13 +826,7 @@ def test_ingestion_stack_deploys_what_moto_can_scoped_to_exact_arns(aws):
                          "GetTableVersions")},
             "kms:GenerateDataKey": {key}, "kms:Decrypt": {key}, "kms:DescribeKey": {key}},
     }
-    iam = boto3.client("iam")
-    roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
-    assert set(roles) == set(expected)
-    for role, allowed in expected.items():
-        assert role_resources(iam, role) == allowed, role
-        tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role)["Tags"]}
-        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}, role
+    roles = check_roles(expected)
     trusted = {name: r["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] for name, r in roles.items()}
     assert trusted == {f"{PREFIX}-poller": "lambda.amazonaws.com", f"{PREFIX}-feature-writer": "lambda.amazonaws.com",
                        f"{PREFIX}-poller-schedule": "scheduler.amazonaws.com",
@@ -721,6 +917,111 @@ def test_model_build_stack_deploys_its_parameters_and_role_scoped_to_exact_arns(
     assert role_resources(iam, f"{PREFIX}-model-build") == expected
 
 
+def test_deployment_stack_deploys_its_roles_function_and_rules_scoped_to_exact_arns(aws):
+    storage = deploy_storage_with_lambda_code()
+    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
+    template, dropped = moto_template(DEPLOYMENT)
+    assert dropped == {"DeployInvokeConfig", "DeployDeadLetterQueuePolicy"}  # checked above, statically
+    outputs = deploy("deployment", template, LambdaCodeKey="code/lambda-test.zip", EndpointInstanceType="ml.c5.xlarge")
+
+    endpoint_role = f"arn:aws:iam::{ACCOUNT}:role/{PREFIX}-endpoint"
+    queue_url = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{PREFIX}-deploy-dlq"
+    assert outputs == {
+        "DeployFunctionName": f"{PREFIX}-deploy", "EndpointRoleArn": endpoint_role,
+        "StagingEndpointName": f"{PREFIX}-staging", "ProductionEndpointName": f"{PREFIX}-prod",
+        "DataCaptureS3Uri": f"s3://{bucket}/data-capture", "DeploymentsS3Uri": f"s3://{bucket}/deployments",
+        "EndpointInstanceType": "ml.c5.xlarge", "DeployDeadLetterQueueUrl": queue_url}
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert (attributes["KmsMasterKeyId"], attributes["MessageRetentionPeriod"]) == (key, str(14 * 86400))
+    queue = attributes["QueueArn"]
+
+    lam = boto3.client("lambda")
+    function = lam.get_function(FunctionName=outputs["DeployFunctionName"])
+    config = function["Configuration"]
+    assert (config["Runtime"], config["Handler"], config["MemorySize"], config["Timeout"]) == \
+        ("python3.12", "helpers.endpoints.aws.handler", 1024, 900)
+    assert function["Concurrency"] == {"ReservedConcurrentExecutions": 1}
+    assert config["Environment"]["Variables"] == {
+        "MLOPS_AWS_PREFIX": PREFIX, "ENDPOINT_INSTANCE_TYPE": "ml.c5.xlarge", "ENDPOINT_ROLE_ARN": endpoint_role,
+        "DATA_CAPTURE_S3_URI": f"s3://{bucket}/data-capture", "DEPLOYMENTS_S3_URI": f"s3://{bucket}/deployments",
+        "KMS_KEY_ARN": key, "FEATURE_GROUP_NAME": f"{PREFIX}-tx-per-minute", "ATHENA_WORKGROUP": PREFIX}
+    assert config["Role"] == f"arn:aws:iam::{ACCOUNT}:role/{PREFIX}-deploy"
+
+    # Each rule invokes the function, and the function lets EventBridge invoke it from that rule only.
+    events = boto3.client("events")
+    rules = {r["Name"]: r for r in events.list_rules()["Rules"]}
+    approval, state = f"{PREFIX}-deploy-on-approval", f"{PREFIX}-deploy-on-endpoint-state"
+    assert set(rules) == {approval, state}
+    assert json.loads(rules[approval]["EventPattern"])["detail"] == {
+        "ModelPackageGroupName": [f"{PREFIX}-avg-fee-deepar"],
+        "ModelApprovalStatus": ["PendingManualApproval", "Approved"]}
+    assert json.loads(rules[state]["EventPattern"])["detail"]["EndpointName"] == [f"{PREFIX}-staging",
+                                                                                   f"{PREFIX}-prod"]
+    for name, rule in rules.items():
+        (target,) = events.list_targets_by_rule(Rule=name)["Targets"]
+        assert (target["Arn"], target["DeadLetterConfig"]) == (config["FunctionArn"], {"Arn": queue}), name
+        tags = {t["Key"]: t["Value"] for t in events.list_tags_for_resource(ResourceARN=rule["Arn"])["Tags"]}
+        assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}, name
+    policy = json.loads(lam.get_policy(FunctionName=outputs["DeployFunctionName"])["Policy"])
+    assert sorted((s["Principal"]["Service"], s["Action"], s["Condition"]["ArnLike"]["AWS:SourceArn"])
+                  for s in policy["Statement"]) == sorted(
+        ("events.amazonaws.com", "lambda:InvokeFunction", r["Arn"]) for r in rules.values())
+
+    groups = {g["logGroupName"]: g for g in boto3.client("logs").describe_log_groups()["logGroups"]}
+    assert set(groups) == {f"/aws/lambda/{PREFIX}-deploy"}
+    assert groups[f"/aws/lambda/{PREFIX}-deploy"]["retentionInDays"] == 14
+
+    # Each role allowed exactly these actions on exactly these resources.
+    arn = f"arn:aws:s3:::{bucket}"
+    sagemaker = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:"
+    endpoints = {f"{sagemaker}endpoint/{PREFIX}-staging", f"{sagemaker}endpoint/{PREFIX}-prod"}
+    models, configs = {f"{sagemaker}model/{PREFIX}-*"}, {f"{sagemaker}endpoint-config/{PREFIX}-*"}
+    group = {f"{sagemaker}model-package-group/{PREFIX}-avg-fee-deepar",
+             f"{sagemaker}model-package/{PREFIX}-avg-fee-deepar/*"}
+    ssm = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{PREFIX}/"
+    expected = {
+        f"{PREFIX}-endpoint": {
+            "s3:GetObject": {f"{arn}/model-build/*"}, "s3:PutObject": {f"{arn}/data-capture/*"},
+            "s3:ListBucket": {arn}, "s3:GetBucketLocation": {arn},
+            "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}, "kms:Encrypt": {key}, "kms:CreateGrant": {key},
+            "ecr:GetAuthorizationToken": {"*"},
+            **{f"ecr:{a}": {f"arn:aws:ecr:{REGION}:*:repository/*"}
+               for a in ("BatchGetImage", "GetDownloadUrlForLayer", "BatchCheckLayerAvailability")},
+            **{f"logs:{a}": {f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{PREFIX}-*"}
+               for a in ("CreateLogGroup", "CreateLogStream", "PutLogEvents", "DescribeLogStreams")},
+            "cloudwatch:PutMetricData": {"*"}},
+        f"{PREFIX}-deploy": {
+            **{f"sagemaker:{verb}Model": models for verb in ("Create", "Describe", "Delete")},
+            **{f"sagemaker:{verb}EndpointConfig": configs for verb in ("Create", "Describe", "Delete")},
+            "sagemaker:CreateEndpoint": endpoints | configs, "sagemaker:UpdateEndpoint": endpoints | configs,
+            **{f"sagemaker:{a}": endpoints for a in ("DescribeEndpoint", "DeleteEndpoint", "InvokeEndpoint")},
+            "sagemaker:AddTags": models | configs | endpoints,
+            **{f"sagemaker:{a}": group for a in ("DescribeModelPackage", "UpdateModelPackage", "ListModelPackages")},
+            **{f"sagemaker:{a}": {f"{sagemaker}feature-group/{PREFIX}-tx-per-minute"}
+               for a in ("DescribeFeatureGroup", "GetRecord", "BatchGetRecord")},
+            "iam:PassRole": {endpoint_role},
+            "ssm:GetParameter": {f"{ssm}*"},
+            "ssm:PutParameter": {f"{ssm}model-build/wql-threshold", f"{ssm}model/current-wql"},
+            "s3:GetObject": {f"{arn}/model-build/*", f"{arn}/deployments/*", f"{arn}/athena-results/*",
+                             f"{arn}/offline-store/*"},
+            "s3:PutObject": {f"{arn}/deployments/*", f"{arn}/athena-results/*"},
+            "s3:AbortMultipartUpload": {f"{arn}/athena-results/*"},
+            "s3:ListMultipartUploadParts": {f"{arn}/athena-results/*"},
+            "s3:ListBucket": {arn}, "s3:GetBucketLocation": {arn},
+            **athena_reads(),
+            **{f"kms:{a}": {key} for a in ("Decrypt", "GenerateDataKey", "Encrypt", "DescribeKey", "CreateGrant")},
+            **{f"cloudwatch:{a}": {f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{PREFIX}-wql-*"}
+               for a in ("PutMetricAlarm", "DescribeAlarms", "TagResource")},
+            "sqs:SendMessage": {queue},
+            **{f"logs:{a}": {f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{PREFIX}-deploy:*"}
+               for a in ("CreateLogStream", "PutLogEvents")}},
+    }
+    roles = check_roles(expected)
+    trusted = {name: r["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] for name, r in roles.items()}
+    assert trusted == {f"{PREFIX}-endpoint": "sagemaker.amazonaws.com", f"{PREFIX}-deploy": "lambda.amazonaws.com"}
+
+
 def test_the_flink_job_finds_every_property_it_reads_in_the_application_s_property_group():
     from helpers.ingestion.flink_job import PROPERTY_GROUP, connector_options, table_ddl
 
@@ -733,3 +1034,237 @@ def test_the_flink_job_finds_every_property_it_reads_in_the_application_s_proper
     assert {"stream.arn", "aws.region", "source.init.position"} <= set(source)  # connector 5.x, not 4.x names
     assert "scan.stream.initpos" not in source and "stream" not in source
     assert "`hash` STRING" in table_ddl("transactions", [("hash", "STRING")], source)  # quoted: reserved in 2.x
+
+
+# ------------------------------------------------------------------ the monitoring stack
+
+def test_the_monitoring_functions_run_the_handlers_and_read_the_environment_they_are_given():
+    from helpers.monitoring import aws as monitoring
+
+    functions = resources(MONITORING, "AWS::Lambda::Function")
+    handlers = {name: f["Properties"]["Handler"] for name, f in functions.items()}
+    assert handlers == {"ForecastFunction": "helpers.monitoring.aws.forecast_handler",
+                        "ScoreFunction": "helpers.monitoring.aws.score_handler",
+                        "RetrainFunction": "helpers.monitoring.aws.retrain_handler"}
+    assert all(callable(getattr(monitoring, h.rsplit(".", 1)[1])) for h in handlers.values())
+    for name, function in functions.items():
+        props = function["Properties"]
+        assert (props["Runtime"], props["Code"]["S3Key"]) == ("python3.12", {"Ref": "LambdaCodeKey"}), name
+        assert props["LoggingConfig"]["LogGroup"] == {"Ref": name.replace("Function", "LogGroup")}, name
+        assert props["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": ["MonitoringDeadLetterQueue", "Arn"]}}
+        variables = props["Environment"]["Variables"]
+        assert variables["MLOPS_AWS_PREFIX"] == {"Ref": "Prefix"}  # AwsContext() reads it
+        assert variables["BUCKET"] == {"Fn::ImportValue": {"Fn::Sub": "${Prefix}-bucket"}}
+    for name in ("ForecastFunction", "ScoreFunction"):  # LambdaEnvironment.from_env
+        variables = functions[name]["Properties"]["Environment"]["Variables"]
+        assert {"FEATURE_GROUP_NAME", "ATHENA_WORKGROUP", "SCORING_PERIOD_MINUTES"} <= set(variables), name
+        assert variables["SCORING_PERIOD_MINUTES"] == {"Ref": "ScoringPeriodMinutes"}
+    assert functions["ScoreFunction"]["Properties"]["Environment"]["Variables"]["RETRAIN_FUNCTION"] == \
+        {"Ref": "RetrainFunction"}
+    # one retrain decision at a time: two alarms at once cannot start two executions
+    assert functions["RetrainFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    assert "ReservedConcurrentExecutions" not in functions["ScoreFunction"]["Properties"]
+
+
+def test_the_monitoring_schedules_and_the_alarm_rule_reach_the_functions():
+    from helpers.monitoring import aws as monitoring
+
+    template = load(MONITORING)
+    stack = template["Resources"]
+    outputs = template["Outputs"]
+    schedules = {name: r["Properties"] for name, r in stack.items() if r["Type"] == "AWS::Scheduler::Schedule"}
+    targets = {name: (s["Target"]["Arn"]["Fn::GetAtt"][0], json.loads(s["Target"]["Input"]))
+               for name, s in schedules.items()}
+    assert targets == {"ForecastSchedule": ("ForecastFunction", {}),
+                       "StagingScoreSchedule": ("ScoreFunction", {"stage": "staging"}),
+                       "ProdScoreSchedule": ("ScoreFunction", {"stage": "prod"})}
+    for name, schedule in schedules.items():
+        assert schedule["Name"] == outputs[f"{name}Name"]["Value"], name  # the names the code reads
+        assert (schedule["State"], schedule["FlexibleTimeWindow"]) == ({"Ref": "ScheduleState"}, {"Mode": "OFF"})
+        assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["ScheduleRole", "Arn"]}
+        assert schedule["Target"]["RetryPolicy"] == {"MaximumRetryAttempts": 0}
+    assert template["Parameters"]["ScheduleState"]["Default"] == "DISABLED"  # ws.monitor.start() enables them
+
+    rule = stack["AlarmRule"]["Properties"]
+    assert rule["EventPattern"] == {"source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alarm State Change"],
+                                    "detail": {"alarmName": [{"prefix": {"Fn::Sub": "${Prefix}-wql-"}}],
+                                               "state": {"value": ["ALARM"]}}}
+    for stage in ("staging", "prod"):  # the alarms the code puts match the rule's prefix
+        assert monitoring.alarm_name("${Prefix}", stage).startswith(rule["EventPattern"]["detail"]["alarmName"][0][
+            "prefix"]["Fn::Sub"])
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["RetrainFunction", "Arn"]}
+    permission = stack["RetrainPermission"]["Properties"]
+    assert (permission["Principal"], permission["SourceArn"], permission["FunctionName"]) == (
+        "events.amazonaws.com", {"Fn::GetAtt": ["AlarmRule", "Arn"]}, {"Ref": "RetrainFunction"})
+
+
+def test_the_monitoring_period_is_a_parameter_whose_values_divide_an_hour():
+    template = load(MONITORING)
+    period = template["Parameters"]["ScoringPeriodMinutes"]
+    assert period["Default"] == "60" and "10" in period["AllowedValues"]
+    assert all(60 % int(m) == 0 for m in period["AllowedValues"])
+    from helpers.monitoring.aws import SCORING_PERIODS
+
+    assert [str(m) for m in SCORING_PERIODS] == period["AllowedValues"]  # what ws.monitor.start() accepts
+    assert {m: v["Seconds"] for m, v in template["Mappings"]["ScoringPeriods"].items()} == {
+        m: str(60 * int(m)) for m in period["AllowedValues"]}
+    assert template["Outputs"]["ScoringPeriodSeconds"]["Value"] == {
+        "Fn::FindInMap": ["ScoringPeriods", {"Ref": "ScoringPeriodMinutes"}, "Seconds"]}
+    for name, default in (("ForecastEveryMinutes", 10), ("EvaluationPeriods", 5), ("DatapointsToAlarm", 3)):
+        assert template["Parameters"][name]["Default"] == default, name
+    # the settings parameter starts as the stack's M of N; the code fills in the rest
+    settings = template["Resources"]["SettingsParameter"]["Properties"]
+    assert settings["Name"] == {"Fn::Sub": "/${Prefix}/monitoring/settings"}
+    seeded = json.loads(re.sub(r"\$\{(\w+)\}", lambda m: str(template["Parameters"][m[1]]["Default"]),
+                               settings["Value"]["Fn::Sub"]))
+    from helpers.monitoring.settings import MonitorSettings
+
+    assert MonitorSettings(**seeded) == MonitorSettings()
+
+
+def test_the_monitoring_dashboard_shows_both_stages_the_alarms_and_the_pipeline():
+    template = load(MONITORING)
+    body, variables = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert variables == {"PeriodSeconds": {"Fn::FindInMap": ["ScoringPeriods", {"Ref": "ScoringPeriodMinutes"},
+                                                             "Seconds"]}}
+    values = {"Prefix": PREFIX, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws",
+              "PeriodSeconds": "600", "ScoringPeriodMinutes": "10"}
+    dashboard = json.loads(re.sub(r"\$\{([\w:]+)\}", lambda m: values[m[1]], body))
+    widgets = {w["properties"].get("title", w["type"]): w for w in dashboard["widgets"]}
+    for stage in ("staging", "prod"):
+        metrics = widgets[f"{stage}: wQL and the threshold"]["properties"]
+        assert metrics["period"] == 600 and metrics["stat"] == "Maximum"
+        assert [m[:4] for m in metrics["metrics"]] == [
+            ["CustomModelMonitoring", "weighted_quantile_loss", "StageName", stage],
+            ["CustomModelMonitoring", "weighted_quantile_loss_threshold", "StageName", stage]]
+    alarms = next(w for w in dashboard["widgets"] if w["type"] == "alarm")["properties"]["alarms"]
+    assert alarms == [f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{PREFIX}-wql-{s}" for s in ("staging", "prod")]
+    pipeline = widgets["Model-build pipeline executions"]["properties"]["metrics"]
+    assert {m[3] for m in pipeline} == {f"{PREFIX}-model-build"}
+    outputs = template["Outputs"]
+    assert outputs["DashboardName"]["Value"] == {"Fn::Sub": "${Prefix}-workshop"}
+    assert outputs["DashboardUrl"]["Value"]["Fn::Sub"].endswith("#dashboards/dashboard/${Prefix}-workshop")
+
+
+def test_the_monitoring_roles_grant_no_wildcard_action_and_a_wildcard_resource_only_to_put_metric_data():
+    from helpers.monitoring.cloudwatch import NAMESPACE
+
+    wildcards = []
+    for name, role in resources(MONITORING, "AWS::IAM::Role").items():
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                assert statement["Effect"] == "Allow"
+                assert not any("*" in a for a in as_list(statement["Action"])), (name, statement["Sid"])
+                if "*" in as_list(statement["Resource"]):
+                    wildcards.append((name, statement["Action"], statement.get("Condition")))
+    assert wildcards == [("ScoreRole", "cloudwatch:PutMetricData",
+                          {"StringEquals": {"cloudwatch:namespace": NAMESPACE}})]
+
+
+def test_monitoring_stack_deploys_its_roles_functions_and_parameters_scoped_to_exact_arns(aws):
+    storage = deploy_storage_with_lambda_code()
+    bucket, key = storage["Bucket"], storage["KmsKeyArn"]
+    template, dropped = moto_template(MONITORING)
+    assert dropped == {"ForecastInvokeConfig", "ScoreInvokeConfig", "RetrainInvokeConfig", "ForecastSchedule",
+                       "StagingScoreSchedule", "ProdScoreSchedule", "Dashboard"}  # checked above, statically
+    outputs = deploy("monitoring", template, LambdaCodeKey="code/lambda-test.zip", ScoringPeriodMinutes="10")
+    queue_url = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{PREFIX}-monitoring-dlq"
+    assert outputs == {
+        "ForecastFunctionName": f"{PREFIX}-monitor-forecasts", "ScoreFunctionName": f"{PREFIX}-monitor-score",
+        "RetrainFunctionName": f"{PREFIX}-retrain", "ForecastScheduleName": f"{PREFIX}-monitor-forecasts",
+        "StagingScoreScheduleName": f"{PREFIX}-monitor-score-staging",
+        "ProdScoreScheduleName": f"{PREFIX}-monitor-score-prod", "AlarmRuleName": f"{PREFIX}-wql-alarm-to-retrain",
+        "AlarmNamePrefix": f"{PREFIX}-wql-", "DashboardName": f"{PREFIX}-workshop",
+        "DashboardUrl": f"https://console.aws.amazon.com/cloudwatch/home?region={REGION}#dashboards/dashboard/"
+                        f"{PREFIX}-workshop",
+        "ScoringPeriodMinutes": "10", "ScoringPeriodSeconds": "600",
+        "SettingsParameter": f"/{PREFIX}/monitoring/settings", "DeadLetterQueueUrl": queue_url, "Bucket": bucket,
+        "RecordsS3Uri": f"s3://{bucket}/monitoring/"}
+    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert (attributes["KmsMasterKeyId"], attributes["MessageRetentionPeriod"]) == (key, str(14 * 86400))
+    queue = attributes["QueueArn"]
+
+    ssm = boto3.client("ssm")
+    found = {p["Name"]: p["Value"] for p in ssm.get_parameters_by_path(Path=f"/{PREFIX}/monitoring/")["Parameters"]}
+    assert found == {f"/{PREFIX}/monitoring/scoring-period-minutes": "10", f"/{PREFIX}/monitoring/settings":
+                     '{"forecast_every_minutes": 10, "evaluation_periods": 5, "datapoints_to_alarm": 3}'}
+
+    lam = boto3.client("lambda")
+    configs = {name: lam.get_function(FunctionName=outputs[f"{name}FunctionName"])
+               for name in ("Forecast", "Score", "Retrain")}
+    assert {n: (c["Configuration"]["MemorySize"], c["Configuration"]["Timeout"]) for n, c in configs.items()} == {
+        "Forecast": (512, 60), "Score": (1024, 300), "Retrain": (512, 60)}
+    assert configs["Retrain"]["Concurrency"] == {"ReservedConcurrentExecutions": 1}
+    common = {"MLOPS_AWS_PREFIX": PREFIX, "BUCKET": bucket}
+    reading = {**common, "FEATURE_GROUP_NAME": f"{PREFIX}-tx-per-minute", "ATHENA_WORKGROUP": PREFIX,
+               "SCORING_PERIOD_MINUTES": "10"}
+    retrain_arn = configs["Retrain"]["Configuration"]["FunctionArn"]
+    assert {n: c["Configuration"]["Environment"]["Variables"] for n, c in configs.items()} == {
+        "Forecast": reading, "Score": {**reading, "RETRAIN_FUNCTION": f"{PREFIX}-retrain"}, "Retrain": common}
+
+    events = boto3.client("events")
+    (rule,) = events.list_rules(NamePrefix=f"{PREFIX}-wql")["Rules"]
+    assert json.loads(rule["EventPattern"])["detail"]["alarmName"] == [{"prefix": f"{PREFIX}-wql-"}]
+    (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert target["Arn"] == retrain_arn
+    tags = {t["Key"]: t["Value"] for t in events.list_tags_for_resource(ResourceARN=rule["Arn"])["Tags"]}
+    assert tags == {"Project": "realtime-mlops-workshop", "WorkshopPrefix": PREFIX}
+    (statement,) = json.loads(lam.get_policy(FunctionName=outputs["RetrainFunctionName"])["Policy"])["Statement"]
+    assert (statement["Principal"]["Service"], statement["Condition"]["ArnLike"]["AWS:SourceArn"]) == (
+        "events.amazonaws.com", rule["Arn"])
+
+    groups = {g["logGroupName"]: g for g in boto3.client("logs").describe_log_groups()["logGroups"]}
+    assert set(groups) == {f"/aws/lambda/{PREFIX}-{n}" for n in ("monitor-forecasts", "monitor-score", "retrain")}
+    assert {g["retentionInDays"] for g in groups.values()} == {14}
+
+    # one role per function, and the schedules', each allowed exactly these actions on exactly these resources
+    arn = f"arn:aws:s3:::{bucket}"
+    sagemaker = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:"
+    endpoints = {f"{sagemaker}endpoint/{PREFIX}-staging", f"{sagemaker}endpoint/{PREFIX}-prod"}
+    group = {f"{sagemaker}feature-group/{PREFIX}-tx-per-minute"}
+    ssm_arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{PREFIX}/"
+    alarms = {f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{PREFIX}-wql-{s}" for s in ("staging", "prod")}
+    logs = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{PREFIX}-"
+    pipeline = f"{sagemaker}pipeline/{PREFIX}-model-build"
+
+    def own(name):
+        return {"sqs:SendMessage": {queue}, "kms:GenerateDataKey": {key}, "kms:Decrypt": {key},
+                "logs:CreateLogStream": {f"{logs}{name}:*"}, "logs:PutLogEvents": {f"{logs}{name}:*"}}
+    expected = {
+        f"{PREFIX}-monitor-forecasts": {
+            "sagemaker:DescribeEndpoint": endpoints, "sagemaker:InvokeEndpoint": endpoints,
+            "sagemaker:GetRecord": group, "sagemaker:BatchGetRecord": group,
+            "ssm:GetParameter": {f"{ssm_arn}monitoring/settings"}, **own("monitor-forecasts")},
+        f"{PREFIX}-monitor-score": {
+            "s3:GetObject": {f"{arn}/data-capture/*", f"{arn}/monitoring/*", f"{arn}/offline-store/*",
+                             f"{arn}/athena-results/*"},
+            "s3:PutObject": {f"{arn}/monitoring/*", f"{arn}/athena-results/*"},
+            "s3:AbortMultipartUpload": {f"{arn}/athena-results/*"},
+            "s3:ListMultipartUploadParts": {f"{arn}/athena-results/*"},
+            "s3:ListBucket": {arn}, "s3:GetBucketLocation": {arn},
+            **athena_reads(),
+            "sagemaker:DescribeFeatureGroup": group, "sagemaker:DescribeEndpoint": endpoints,
+            "ssm:GetParameter": {f"{ssm_arn}model-build/wql-threshold", f"{ssm_arn}monitoring/settings"},
+            "cloudwatch:PutMetricData": {"*"},
+            **{f"cloudwatch:{a}": alarms for a in ("DescribeAlarms", "PutMetricAlarm", "TagResource")},
+            "lambda:InvokeFunction": {retrain_arn}, **own("monitor-score")},
+        f"{PREFIX}-retrain": {
+            "sagemaker:ListPipelineExecutions": {pipeline}, "sagemaker:StartPipelineExecution": {pipeline},
+            "sagemaker:DescribePipelineExecution": {f"{pipeline}/execution/*"},
+            "sagemaker:ListModelPackages": {f"{sagemaker}model-package-group/{PREFIX}-avg-fee-deepar",
+                                            f"{sagemaker}model-package/{PREFIX}-avg-fee-deepar/*"},
+            "ssm:GetParameter": {f"{ssm_arn}monitoring/settings", f"{ssm_arn}model-build/hyperparameters"},
+            "s3:GetObject": {f"{arn}/monitoring/*"}, "s3:PutObject": {f"{arn}/monitoring/*"}, "s3:ListBucket": {arn},
+            **own("retrain")},
+        f"{PREFIX}-monitor-schedule": {"lambda:InvokeFunction": {
+            configs["Forecast"]["Configuration"]["FunctionArn"], configs["Score"]["Configuration"]["FunctionArn"]}},
+    }
+    roles = check_roles(expected)
+    trusted = {name: r["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] for name, r in roles.items()}
+    assert trusted == {**{f"{PREFIX}-{n}": "lambda.amazonaws.com" for n in ("monitor-forecasts", "monitor-score",
+                                                                              "retrain")},
+                       f"{PREFIX}-monitor-schedule": "scheduler.amazonaws.com"}
+    own_role = {"Forecast": "monitor-forecasts", "Score": "monitor-score", "Retrain": "retrain"}
+    for name, config in configs.items():
+        assert config["Configuration"]["Role"] == roles[f"{PREFIX}-{own_role[name]}"]["Arn"], name

@@ -7,7 +7,7 @@ from test_model_build import SMALL, set_gate
 
 from conftest import PINNED_NOW, private_copy
 from helpers.core.deepar_json import deepar_request
-from helpers.endpoints import deploy
+from helpers.endpoints import approval, deploy
 from helpers.ingestion import ingest
 from helpers.local.config import Paths
 from helpers.registry import MODEL_GROUP, ModelRegistry
@@ -49,7 +49,7 @@ def test_threshold_update_rule(tmp_path, threshold, current, new, rate, expected
     params.put(WQL_THRESHOLD, threshold)
     if current is not None:
         params.put(CURRENT_MODEL_WQL, current)
-    change = deploy.update_threshold_on_approval(params, new, rate, by="tester", version=3)
+    change = approval.update_threshold_on_approval(params, new, rate, by="tester", version=3)
     assert change.old_threshold == threshold and change.new_threshold == pytest.approx(expected_threshold)
     assert params.get_float(WQL_THRESHOLD) == pytest.approx(expected_threshold)
     assert change.new_current_wql == (pytest.approx(expected_current) if expected_current is not None else None)
@@ -67,7 +67,7 @@ def test_threshold_update_rule(tmp_path, threshold, current, new, rate, expected
 def test_a_new_threshold_is_never_below_the_models_own_worst_hour(tmp_path, new, floor, expected):
     params = ParameterStore(tmp_path / "params.db")
     params.put(WQL_THRESHOLD, 0.24)
-    change = deploy.update_threshold_on_approval(params, new, 0.5, by="tester", version=2, floor=floor)
+    change = approval.update_threshold_on_approval(params, new, 0.5, by="tester", version=2, floor=floor)
     assert change.new_threshold == pytest.approx(expected) and params.get_float(WQL_THRESHOLD) == pytest.approx(
         expected)
 

@@ -27,12 +27,24 @@ CONNECTOR_URL = f"https://repo1.maven.org/maven2/org/apache/flink/flink-sql-conn
 # Pinned when first verified on a machine that reaches Maven Central (this repository's CI cannot); until then
 # the download is checked against the SHA-1 Maven Central publishes beside it, and its SHA-256 is printed to pin.
 CONNECTOR_SHA256: str | None = None
-LAMBDA_WHEELS = ["numpy==2.4.6", "httpx==0.28.1"]  # the versions pyproject pins
+LAMBDA_WHEELS = ["numpy==2.4.6", "pandas==2.3.3", "httpx==0.28.1"]  # the versions pyproject pins (pandas: the
+# deploy and monitoring Lambdas read the feature group as the notebooks do)
 LAMBDA_PYTHON = "3.12"
 LAMBDA_MODULES = ["helpers/__init__.py", "helpers/core", "helpers/ingestion/__init__.py", "helpers/ingestion/poller.py",
                   "helpers/ingestion/sources", "helpers/local/__init__.py", "helpers/local/clock.py",
                   "helpers/feature_store/__init__.py", "helpers/feature_store/interface.py",
-                  "helpers/feature_store/writer.py"]
+                  "helpers/feature_store/writer.py",
+                  # the deploy Lambda (approval -> staging -> smoke test) and what it reads
+                  "helpers/aws/__init__.py", "helpers/aws/session.py", "helpers/aws/scheduler.py",
+                  "helpers/feature_store/queries.py",
+                  "helpers/feature_store/aws.py", "helpers/training/__init__.py", "helpers/training/interface.py",
+                  "helpers/training/ssm.py", "helpers/registry/__init__.py", "helpers/registry/interface.py",
+                  "helpers/registry/aws.py", "helpers/endpoints/__init__.py", "helpers/endpoints/interface.py",
+                  "helpers/endpoints/aws.py", "helpers/endpoints/approval.py",
+                  # the monitoring Lambdas (forecasts, scoring, retrain)
+                  "helpers/monitoring/__init__.py", "helpers/monitoring/interface.py",
+                  "helpers/monitoring/aws.py", "helpers/monitoring/scoring.py", "helpers/monitoring/cloudwatch.py",
+                  "helpers/monitoring/settings.py"]
 FLINK_MODULES = ["helpers/__init__.py", "helpers/core"]
 # The model build's processing jobs (helpers.training.sagemaker_jobs): the container has numpy, pandas and boto3.
 JOBS_MODULES = ["helpers/__init__.py", "helpers/core", "helpers/aws/__init__.py", "helpers/aws/session.py",
@@ -136,6 +148,15 @@ def upload_jobs_bundle(context: AwsContext, bucket: str) -> str:
     with explained(f"uploading the model build's code to s3://{bucket}/{key}"):
         context.client("s3").upload_file(str(path), bucket, key)
     return f"s3://{bucket}/{key}"
+
+
+def upload_lambda_zip(context: AwsContext, bucket: str) -> str:
+    """Build and upload the Lambda zip alone (the deployment and monitoring stacks need no Flink jar); its key."""
+    path = build_lambda_zip()
+    key = content_key(path, "lambda")
+    with explained(f"uploading the Lambda code to s3://{bucket}/{key}"):
+        context.client("s3").upload_file(str(path), bucket, key)
+    return key
 
 
 def package_and_upload(context: AwsContext, bucket: str, jar: Path | None = None) -> CodePackages:

@@ -12,7 +12,8 @@ from pathlib import Path
 from helpers.aws.session import AwsContext, AwsSetupError, explained
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "cloudformation"
-STACKS = ("storage", "ingestion", "model-build")  # in deploy order: the others import storage's exports
+STACKS = ("storage", "ingestion", "model-build", "deployment", "monitoring")  # in deploy order: each imports
+# the exports of those before it
 FAILED_FIRST_CREATE = {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED"}
 BUSY_SUFFIX = "_IN_PROGRESS"
 

@@ -19,6 +19,8 @@ USER_ERRORS = (ValueError, KeyError, RuntimeError, TimeoutError)  # AwsSetupErro
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="state directory (default: $MLOPS_STATE_DIR or .state/)")
+    top.add_argument("--backend", choices=("local", "aws"), default="local",
+                     help="where the stage commands act (aws: $MLOPS_AWS_PREFIX, $AWS_DEFAULT_REGION, $AWS_PROFILE)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
         stage.add_commands(commands)

@@ -1,4 +1,5 @@
-"""AWS commands: ``python -m helpers aws package | deploy | status | redrive | stop | build | report | builds``.
+"""AWS commands: ``python -m helpers aws package | deploy | status | redrive | stop | build | report | builds |
+cleanup``.
 
 The same steps notebook 01 takes with ``backend="aws"``, for a facilitator's terminal or a learner whose kernel
 cannot build the code packages.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.cli.common import emit
+from helpers.cli.common import clean_up, emit
 
 
 def add_commands(commands) -> None:
@@ -47,6 +48,10 @@ def add_commands(commands) -> None:
     report.set_defaults(run=lambda args: _print_report(_builds(args).report(args.execution_id)))
     aws.add_parser("builds", help="the latest model-build executions, newest first").set_defaults(
         run=lambda args: print(_builds(args).list().to_string(index=False)))
+    cleanup = aws.add_parser("cleanup", help="delete everything the workshop made on AWS (found by its tags and its "
+                                             "stacks) after asking, then list what is left (exit 1: not clean)")
+    cleanup.add_argument("--yes", action="store_true", help="delete without asking (headless)")
+    cleanup.set_defaults(run=lambda args: clean_up(_backend(args), args.yes))
 
 
 def _context(args):
@@ -79,11 +84,15 @@ def _redrive(args) -> None:
                  outputs["WriterDeadLetterQueueUrl"], outputs["FeatureGroupName"]))
 
 
-def _builds(args):
+def _backend(args):
     from helpers.connect import AwsBackend
 
     options = {k: v for k, v in (("prefix", args.prefix), ("region", args.region), ("profile", args.profile)) if v}
-    return AwsBackend(**options).builds()
+    return AwsBackend(**options)
+
+
+def _builds(args):
+    return _backend(args).builds()
 
 
 def _build(args) -> None:

@@ -21,7 +21,22 @@ def _plain(value):
 
 
 def workshop(args):
-    """The stages for a command, on this machine's backend."""
+    """The stages for a command, on the backend ``--backend`` names (this machine's by default)."""
     from helpers.connect import connect
 
+    if getattr(args, "backend", "local") == "aws":
+        return connect("aws")  # the prefix, region and profile from the environment, as boto3 takes them
     return connect("local", args.state_dir)
+
+
+def clean_up(target, yes: bool) -> int:
+    """What there is, then the clean-up (it asks unless ``yes``), then what is left: exit status 0 when clean.
+    ``target``: a Workshop, or a backend."""
+    found = target.inventory()
+    for resource in found:
+        print(f"  {resource.kind:<24} {resource.name}   ({resource.found_by})")
+    report = target.clean_up(yes=yes)
+    if report.asked:
+        print()  # after the question's line (left open when the answer came from a pipe, or none came)
+    print(report.summary())
+    return 0 if report.clean else 1

@@ -27,16 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pandas as pd
 
-from helpers.core.deepar_json import deepar_request
-from helpers.core.policies import (
-    THRESHOLD_UPDATE_RATE,
-    SmokeTest,
-    ThresholdChange,
-    deploy_refusal,
-    smoke_checks,
-    threshold_after_approval,
-)
-from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation
+from helpers.core.policies import THRESHOLD_UPDATE_RATE, SmokeTest, deploy_refusal
+from helpers.endpoints import approval
+from helpers.endpoints.approval import SMOKE_HISTORY_MINUTES, update_threshold_on_approval
+from helpers.endpoints.interface import ENDPOINTS, Approval, EndpointDescription, Invocation, PromotionError
 from helpers.feature_store import open_tx_per_minute
 from helpers.local import daemon
 from helpers.local.clock import write_json_atomic
@@ -44,16 +38,11 @@ from helpers.local.config import Paths
 from helpers.local.sqlite import SQLiteFile
 from helpers.registry import MODEL_GROUP, ModelRegistry, ModelVersion
 from helpers.registry.local import LocalRegistry, why_nothing_is_pending
-from helpers.training.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
+from helpers.training.params import ParameterStore
 
 log = logging.getLogger("helpers.endpoints.deploy")
 
 DEFAULT_PORTS = {"staging": 8081, "prod": 8082}
-SMOKE_HISTORY_MINUTES = 1440  # history sent with the smoke test's request
-
-
-class PromotionError(RuntimeError):
-    """Production refused a version; the message says which condition failed and what to do."""
 
 
 # ---------------------------------------------------------------- endpoint processes
@@ -281,27 +270,6 @@ def require_in_service(state_dir=None) -> dict[str, EndpointDescription]:
     return described
 
 
-def update_threshold_on_approval(params: ParameterStore, new_wql: float, update_rate: float = THRESHOLD_UPDATE_RATE,
-                                 by: str = "approval", version: int | None = None,
-                                 floor: float | None = None) -> ThresholdChange:
-    """Apply the threshold rule (:func:`helpers.core.policies.threshold_after_approval`) to the parameter store."""
-    change = threshold_after_approval(params.get_float(WQL_THRESHOLD), _current(params), new_wql, update_rate, floor)
-    if change.moved:
-        why = f"approval of model version {version}: mean wQL {new_wql:.4f}"
-        params.put(WQL_THRESHOLD, change.new_threshold, by=by, reason=why)
-        params.put(CURRENT_MODEL_WQL, new_wql, by=by, reason=why)
-    log.info("threshold %.4f -> %.4f, current model wQL %s -> %s", change.old_threshold, change.new_threshold,
-             change.old_current_wql, change.new_current_wql)
-    return change
-
-
-def _current(params: ParameterStore) -> float | None:
-    try:
-        return params.get_float(CURRENT_MODEL_WQL)
-    except KeyError:
-        return None
-
-
 def promote(state_dir=None, version: int | None = None, by: str = "", reason: str = "") -> EndpointDescription:
     """The second approval: deploy the version staging serves (or ``version``) to production, guard first."""
     paths = Paths.at(state_dir)
@@ -337,17 +305,8 @@ def runtime_client(state_dir=None):
 
 def invoke(state_dir=None, name: str = "staging", request: dict | None = None, client=None) -> Invocation:
     """InvokeEndpoint with a DeepAR JSON request, through a sagemaker-runtime client (``client``, or a new one)."""
-    from botocore.exceptions import ClientError
-
     _check_name(name)
-    client = client or runtime_client(state_dir)
-    try:
-        answer = client.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=json.dumps(request))
-    except ClientError as error:
-        status = error.response["ResponseMetadata"].get("HTTPStatusCode")
-        raise ValueError(f"{name} answered {status}: {error.response['Error'].get('Message')}") from None
-    return Invocation(name, answer["ContentType"], answer.get("InvokedProductionVariant", ""),
-                      json.loads(answer["Body"].read())["predictions"])
+    return approval.invoke(client or runtime_client(state_dir), name, name, request)
 
 
 def latest_minutes(state_dir=None, minutes: int = SMOKE_HISTORY_MINUTES) -> pd.Series:
@@ -369,13 +328,8 @@ def smoke_test(state_dir=None, name: str = "staging") -> SmokeTest:
         raise RuntimeError(f"endpoint {name} is {served.get('EndpointStatus')}: deploy a version first")
     model = ModelRegistry(paths.registry).get(MODEL_GROUP, version)
     horizon = int(model.hyperparameters["prediction_length"])
-    series = latest_minutes(paths.root, SMOKE_HISTORY_MINUTES + horizon)
-    started = time.perf_counter()
-    prediction = invoke(paths.root, name, deepar_request(series.iloc[:-horizon])).predictions[0]
-    latency = time.perf_counter() - started
-    checks, wql, bound = smoke_checks(prediction, series.iloc[-horizon:].to_numpy(float),
-                                      model.metrics["mean_wQuantileLoss"])
-    result = SmokeTest(name, version, all(checks.values()), checks, wql, bound, latency, str(series.index[-horizon]))
+    result = approval.smoke_test(name, version, model.metrics["mean_wQuantileLoss"], horizon,
+                                 latest_minutes(paths.root, SMOKE_HISTORY_MINUTES + horizon),
+                                 lambda request: invoke(paths.root, name, request))
     DeploymentLog(paths).record_smoke(name, version, result.passed, asdict(result))
-    log.info("smoke test of %s (version %s): %s", name, version, "passed" if result.passed else f"FAILED {checks}")
     return result

@@ -28,6 +28,14 @@ def variant_version(variant: str) -> int | None:
     return int(number) if variant.startswith(VARIANT_PREFIX) and number.isdigit() else None
 
 
+def served_version(description: dict | None) -> int | None:
+    """The model version an endpoint serves: its production variant ``model-vN`` with the most traffic."""
+    variants = (description or {}).get("ProductionVariants", [])
+    ranked = sorted((v for v in variants if variant_version(v["VariantName"]) is not None),
+                    key=lambda v: (v.get("CurrentWeight", 0), variant_version(v["VariantName"])), reverse=True)
+    return variant_version(ranked[0]["VariantName"]) if ranked else None
+
+
 class EndpointDescription(TypedDict, total=False):
     """DescribeEndpoint's answer, with the version the endpoint's configuration serves."""
 
@@ -38,6 +46,10 @@ class EndpointDescription(TypedDict, total=False):
     InServiceSince: str | None
     LastModifiedTime: str | None
     FailureReason: str | None
+
+
+class PromotionError(RuntimeError):
+    """An endpoint refused a version; the message says which condition failed and what to do."""
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,28 @@ class AwsFeatureGroup(FeatureGroupQueries):
                 break
         return sorted(found, key=lambda r: r["window_start"], reverse=True)[:n]
 
+    def recent(self, feature: str, slots: int) -> pd.Series:
+        """One feature over the newest ``slots`` minutes, from the online store (the offline store lags up to 15
+        minutes behind it): what an endpoint is sent, and what the smoke test holds out. Gaps are NaN."""
+        self.definition.check_feature_names([feature])
+        newest = self.newest_slot()
+        if newest is None:
+            raise FeatureStoreError("the feature store is empty: start the stream first (notebook 01 or "
+                                    "python -m helpers start)")
+        minutes = pd.date_range(end=newest, periods=slots, freq="min")
+        ids = [minute_iso(m.timestamp()) for m in minutes]
+        runtime, values = self.context.client("sagemaker-featurestore-runtime"), {}
+        for start in range(0, len(ids), BATCH_GET_LIMIT):
+            with explained(f"reading the newest {slots} minutes of {self.name}"):
+                answer = runtime.batch_get_record(Identifiers=[{"FeatureGroupName": self.name,
+                                                                "RecordIdentifiersValueAsString":
+                                                                    ids[start:start + BATCH_GET_LIMIT]}])
+            for found in answer.get("Records", []):
+                record = from_feature_store_record(found["Record"])
+                values[record[self.definition.record_identifier]] = record[feature]
+        return pd.Series([values.get(i, float("nan")) for i in ids], index=minutes.rename(self._grid()[0]),
+                         name=feature, dtype=float)
+
     # ------------------------------------------------------------ offline reads (Athena)
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from helpers.aws import package, stacks
+from helpers.aws import package, scheduler, stacks
 from helpers.aws.session import AwsContext, AwsSetupError, explained
 from helpers.core.aggregator import Aggregator
 from helpers.core.times import minute_iso
@@ -95,7 +95,7 @@ class AwsStream:
         features = self.features().ensure()
         if source == "simulator":
             self.backfill(features, ingestion.outputs, seed, settings["backfill_days"])
-        self._set_schedule(ingestion.outputs["PollerScheduleName"], "ENABLED")
+        scheduler.set_state(self.context, ingestion.outputs["PollerScheduleName"], "ENABLED")
         self._start_flink(ingestion.outputs)
         return self.status()
 
@@ -116,15 +116,6 @@ class AwsStream:
                     "backfilled_minutes": len(records)})
         return len(records)
 
-    def _set_schedule(self, name: str, state: str) -> None:
-        scheduler = self.context.client("scheduler")
-        with explained(f"setting the poller's schedule {name} to {state}"):
-            current = scheduler.get_schedule(Name=name)
-            if current["State"] == state:
-                return
-            keep = ("Name", "GroupName", "ScheduleExpression", "FlexibleTimeWindow", "Target", "Description",
-                    "ScheduleExpressionTimezone")
-            scheduler.update_schedule(**{k: current[k] for k in keep if k in current}, State=state)
 
     def _application(self, outputs: dict) -> dict:
         with explained("describing the Flink application"):
@@ -158,7 +149,7 @@ class AwsStream:
 
     def ensure_running(self) -> StreamStatus:
         outputs = self.outputs
-        self._set_schedule(outputs["PollerScheduleName"], "ENABLED")
+        scheduler.set_state(self.context, outputs["PollerScheduleName"], "ENABLED")
         self._start_flink(outputs)
         return self.status()
 
@@ -266,7 +257,7 @@ class AwsStream:
 
     def stop(self) -> StreamStatus:
         outputs = self.outputs
-        self._set_schedule(outputs["PollerScheduleName"], "DISABLED")
+        scheduler.set_state(self.context, outputs["PollerScheduleName"], "DISABLED")
         if self._application(outputs)["ApplicationStatus"] == "RUNNING":
             with explained("stopping the Flink application"):
                 self.context.client("kinesisanalyticsv2").stop_application(

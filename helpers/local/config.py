@@ -13,6 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # helpers/local/config.py -> th
 # Every local background service, in the order a teardown stops them: the monitor first (it starts nothing new),
 # the stream last (after its checkpoint).
 SERVICES = ("monitor", "retrain", "endpoint-staging", "endpoint-prod", "ingest")
+# What the services and stages write directly under the state directory: a reset deletes it all (it keeps logs/).
+RESET = ("stream", "feature_store", "pipelines", "registry", "endpoints", "monitoring", "run", "params.db",
+         "ingest.json", "clock.json", "drifts.json", "ingest-status.json")
 
 
 def default_state_dir() -> Path:

@@ -6,7 +6,7 @@ import shutil
 from helpers.endpoints import deploy
 from helpers.ingestion import ingest
 from helpers.local import daemon
-from helpers.local.config import SERVICES, Paths
+from helpers.local.config import RESET, SERVICES, Paths
 from helpers.monitoring import monitor, retrain
 
 
@@ -31,8 +31,7 @@ def reset(state_dir=None) -> None:
     """Stop every local service and delete what they made (stream, features, models, endpoints): a fresh start."""
     paths = Paths.at(state_dir)
     stop_all(paths.root)
-    for name in ("stream", "feature_store", "pipelines", "registry", "endpoints", "monitoring", "run", "params.db",
-                 "ingest.json", "clock.json", "drifts.json", "ingest-status.json"):
+    for name in RESET:
         target = paths.root / name
         if target.is_dir():
             shutil.rmtree(target)

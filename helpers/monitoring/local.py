@@ -13,6 +13,12 @@ class LocalMonitor:
         self.root = paths.root
 
     def start(self, **settings) -> MonitorStatus:
+        """``scoring_period_minutes``: here always an hour of event time (speed the simulated clock up instead);
+        the AWS twin, on the wall clock, takes shorter periods."""
+        scoring_period_minutes = settings.pop("scoring_period_minutes", 60)
+        if scoring_period_minutes != 60:
+            raise ValueError(f"scoring_period_minutes={scoring_period_minutes}: the local monitor scores hours of "
+                             "event time; to see them sooner, speed up the simulated clock (ws.stream.set_speed)")
         return _typed(monitor.start(self.root, **settings))
 
     def stop(self) -> None:

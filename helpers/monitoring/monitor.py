@@ -37,8 +37,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.aggregator import WindowConfig
-from helpers.core.deepar_json import deepar_request, forecast_origin, quantile_arrays
-from helpers.core.metrics import QUANTILE_NAMES, mean_weighted_quantile_loss
+from helpers.core.deepar_json import deepar_request
 from helpers.core.times import minute_iso
 from helpers.endpoints import deploy
 from helpers.endpoints.deploy import ENDPOINTS, capture_dir
@@ -49,13 +48,14 @@ from helpers.local import daemon
 from helpers.local.clock import SharedClock, write_json_atomic
 from helpers.local.config import Paths
 from helpers.local.sqlite import SQLiteFile
-from helpers.monitoring import alarms
+from helpers.monitoring import alarms, scoring
+from helpers.monitoring.cloudwatch import metric_dimensions, stage_alarm  # noqa: F401 (metric_dimensions: as before)
 from helpers.monitoring.monitor_config import MonitorConfig
 from helpers.training.params import WQL_THRESHOLD, ParameterStore
 
 log = logging.getLogger("helpers.monitoring.monitor")
 
-HOUR = 3600
+HOUR = scoring.HOUR
 LOOP_INTERVAL_S = 0.5  # wall seconds between checks for a matured hour
 
 
@@ -65,13 +65,8 @@ def alarm_name(stage: str) -> str:
 
 def alarm_settings(stage: str, config: MonitorConfig, model_version: int | None) -> alarms.AlarmSettings:
     """The stage's alarm, on the version it serves (a deploy moves the alarm to the new version's metrics)."""
-    return alarms.AlarmSettings(alarm_name(stage), metric_dimensions(stage, model_version),
-                                evaluation_periods=config.evaluation_periods,
-                                datapoints_to_alarm=config.datapoints_to_alarm)
-
-
-def metric_dimensions(stage: str, model_version: int | None = None) -> dict[str, str]:
-    return {"StageName": stage, **({"ModelVersion": str(model_version)} if model_version is not None else {})}
+    return stage_alarm(alarm_name(stage), stage, model_version, config.evaluation_periods,
+                       config.datapoints_to_alarm)
 
 
 # ---------------------------------------------------------------- the forecasts each stage served
@@ -136,20 +131,9 @@ class Ledger(SQLiteFile):
 
 def _forecasts(event: dict, stage: str, model_version: int | None) -> list[tuple]:
     """One row per instance of a captured request: its origin is the minute after the history it was sent."""
-    meta, data = event["eventMetadata"], event["captureData"]
-    try:
-        instances = json.loads(data["endpointInput"]["data"])["instances"]
-        predictions = json.loads(data["endpointOutput"]["data"])["predictions"]
-    except (ValueError, KeyError, TypeError):
-        return []  # not a DeepAR request (an error the endpoint answered): nothing to score
-    rows = []
-    for i, (instance, prediction) in enumerate(zip(instances, predictions)):
-        quantiles = quantile_arrays(prediction)
-        if quantiles is None:
-            continue  # asked for other quantiles: wQL over 0.1..0.9 cannot be computed
-        rows.append((f"{meta['eventId']}-{i}", stage, model_version, forecast_origin(instance),
-                     len(quantiles[QUANTILE_NAMES[0]]), json.dumps({q: v.tolist() for q, v in quantiles.items()})))
-    return rows
+    return [(forecast.event_id, stage, forecast.model_version, forecast.origin, forecast.horizon,
+             json.dumps({q: v.tolist() for q, v in forecast.quantiles.items()}))
+            for forecast in scoring.forecasts_in_event(event, model_version)]
 
 
 # ---------------------------------------------------------------- scoring an hour
@@ -157,21 +141,10 @@ def _forecasts(event: dict, stage: str, model_version: int | None) -> list[tuple
 
 def score_hour(ledger: Ledger, actuals: pd.Series, stage: str, hour: float) -> dict:
     """Mean wQL over every point, forecast by ``stage``, whose minute is in [hour, hour + 1 h)."""
-    ys, predicted, versions, forecasts = [], {q: [] for q in QUANTILE_NAMES}, set(), 0
-    for version, origin, horizon, quantiles in ledger.forecasts_for(stage, hour, hour + HOUR):
-        minutes = origin + 60 * np.arange(horizon)
-        inside = (minutes >= hour) & (minutes < hour + HOUR)
-        quantiles = json.loads(quantiles)
-        ys.extend(actuals.reindex(pd.to_datetime(minutes[inside], unit="s", utc=True)).to_numpy(float))
-        for q in predicted:
-            predicted[q].extend(np.asarray(quantiles[q], dtype=float)[inside])
-        versions.add(version)
-        forecasts += 1
-    y = np.array(ys)
-    observed = ~np.isnan(y)
-    wql = mean_weighted_quantile_loss(y[None, :], {q: np.array(v)[None, :] for q, v in predicted.items()}) \
-        if observed.any() and np.abs(y[observed]).sum() > 0 else None
-    return {"wql": wql, "points": int(observed.sum()), "forecasts": forecasts, "versions": sorted(versions)}
+    forecasts = [scoring.Forecast("", version, origin, {q: np.asarray(v, dtype=float)
+                                                        for q, v in json.loads(quantiles).items()})
+                 for version, origin, _horizon, quantiles in ledger.forecasts_for(stage, hour, hour + HOUR)]
+    return scoring.score_period(forecasts, actuals, hour, hour + HOUR)
 
 
 def _actuals(paths: Paths, start: float, end: float) -> pd.Series:
@@ -227,7 +200,7 @@ def _due_hours(ledger: Ledger, stage: str, until: float | None) -> list[float]:
         return []
     last = ledger.last_evaluated(stage)
     start = last + HOUR if last is not None else first // HOUR * HOUR
-    return [float(h) for h in range(int(start), int(until) - HOUR + 1, HOUR)]
+    return scoring.due_periods(start, until, HOUR)
 
 
 def evaluate_hour(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, params: ParameterStore, stage: str,
@@ -235,13 +208,7 @@ def evaluate_hour(paths: Paths, ledger: Ledger, metrics: alarms.MetricStore, par
     result = score_hour(ledger, _actuals(paths, hour, hour + HOUR), stage, hour)
     threshold = params.get_float(WQL_THRESHOLD)
     if result["wql"] is not None:  # no forecast, no datapoint: the alarm sees missing data
-        served_alone = result["versions"][0] if len(result["versions"]) == 1 else None
-        metrics.put_metric_data(alarms.NAMESPACE, [
-            {"MetricName": name, "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
-             "Timestamp": hour, "Value": value}
-            for dimensions in ([metric_dimensions(stage)] + ([metric_dimensions(stage, served_alone)]
-                                                             if served_alone is not None else []))
-            for name, value in ((alarms.WQL_METRIC, result["wql"]), (alarms.THRESHOLD_METRIC, threshold))])
+        metrics.put_metric_data(alarms.NAMESPACE, scoring.metric_data(stage, result, threshold, hour))
     ledger.record(stage, hour, result, threshold)
     log.info("%s %s: wQL %s over %d points of %d forecasts (versions %s)", stage, minute_iso(hour),
              "n/a" if result["wql"] is None else f"{result['wql']:.4f}", result["points"], result["forecasts"],
@@ -405,11 +372,8 @@ def alarm_history(state_dir=None) -> pd.DataFrame:
 
 def wait_for_hours(state_dir=None, hours: int = 1, stage: str = "prod", timeout_s: float = 300) -> pd.DataFrame:
     """Block until ``stage`` has ``hours`` scored hours; returns them."""
-    def scored():
-        frame = timeline(state_dir)
-        frame = frame[(frame["stage"] == stage) & frame["wql"].notna()]
-        return frame if len(frame) >= hours else None
-    return _wait(state_dir, scored, f"{hours} scored hour(s) of {stage}", timeout_s)
+    return _wait(state_dir, lambda: scoring.scored(timeline(state_dir), stage, hours),
+                 f"{hours} scored hour(s) of {stage}", timeout_s)
 
 
 def wait_for_recovery(state_dir=None, after_version: int = 1, stage: str = "prod", hours: int = 2,
@@ -417,16 +381,8 @@ def wait_for_recovery(state_dir=None, after_version: int = 1, stage: str = "prod
     """Block until a version newer than ``after_version`` has served ``stage`` alone for the last ``hours``
     scored hours, each below the threshold in force then; returns those hours. A retrained model that breaches
     instead lets its alarm fire again, and the wait goes on for the next one."""
-    def recovered():
-        frame = timeline(state_dir)
-        last = frame[(frame["stage"] == stage) & frame["wql"].notna()].tail(hours)
-        served = set(last["versions"])
-        if len(last) < hours or len(served) != 1:
-            return None
-        versions = json.loads(served.pop())
-        alone_and_newer = len(versions) == 1 and versions[0] > after_version
-        return last if alone_and_newer and (last["wql"] < last["threshold"]).all() else None
-    return _wait(state_dir, recovered, f"{stage} to recover on a version after {after_version}", timeout_s)
+    return _wait(state_dir, lambda: scoring.recovered(timeline(state_dir), after_version, stage, hours),
+                 f"{stage} to recover on a version after {after_version}", timeout_s)
 
 
 def wait_for_alarm(state_dir=None, timeout_s: float = 300) -> pd.DataFrame:
@@ -469,25 +425,12 @@ def in_flight(requests: pd.DataFrame) -> bool:
 
 def loop_summary(state_dir, first_version: int, drift_at: pd.Timestamp, stage: str = "prod") -> str:
     """How the stale version did after the drift, and how the version serving now does, hour by hour means."""
-    frame = timeline(state_dir)
-    hours = frame[(frame["stage"] == stage) & frame["wql"].notna()]
-    stale = hours[(hours["hour"] >= drift_at.floor("h")) & (hours["versions"] == f"[{first_version}]")]
-    text = f"{stage}, version {first_version} after the drift: mean hourly wQL {stale['wql'].mean():.3f} over " \
-           f"{len(stale)} hours"
-    latest = hours.tail(2)
-    if len(latest) and (latest["versions"] != f"[{first_version}]").all():
-        text += f"; {latest['versions'].iloc[-1]} now: {latest['wql'].mean():.3f} over its last {len(latest)} hours"
-    return text
+    return scoring.loop_summary(timeline(state_dir), first_version, drift_at, stage)
 
 
 def retrain_report(state_dir=None) -> str:
     """Each retrain started, and how it ended (the quality gate's verdict with its numbers for a rejection)."""
-    started = retrains(state_dir).query("status != 'Skipped'")
-    lines = [f"{row.requested_sim:%H:%M} UTC: {row.status}" + (f", version {int(row.model_version)}"
-                                                               if pd.notna(row.model_version) else "") +
-             (f": {json.loads(row.detail)['why'].removeprefix('QualityGate: ')}" if "why" in row.detail else "")
-             for row in started.itertuples()]
-    return "\n".join(lines) or "no retrain has started"
+    return scoring.retrain_report(retrains(state_dir))
 
 
 def _wait(state_dir, predicate, what: str, timeout_s: float):

@@ -27,9 +27,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from helpers.core.hyperparameters import DeepARHyperparameters
 from helpers.core.policies import retrain_skip_reason
-from helpers.core.preparation import BuildSettings
 from helpers.local import daemon
 from helpers.local.clock import SimClock
 from helpers.local.config import Paths
@@ -192,10 +190,7 @@ def _build_and_ship(paths: Paths) -> tuple[str, dict]:
 
     deepar.use_inference_threads()  # one thread: the stream, endpoints and monitor share these cores
     config = MonitorConfig.load(paths)
-    settings = BuildSettings(hyperparameters=DeepARHyperparameters(epochs=config.retrain_epochs),
-                                         training_days=config.retrain_training_days,
-                                         n_test_windows=config.retrain_test_windows,
-                                         n_validation_windows=config.retrain_validation_windows)
+    settings = config.retrain_settings()  # the same build as the AWS retrain Lambda starts
     execution = model_build.run(paths.root, settings)
     fields = {"execution_id": execution.execution_id}
     if not execution.succeeded:
