@@ -34,7 +34,7 @@ SMALL = BuildSettings(hyperparameters=DeepARHyperparameters(context_length=30, e
                       training_days=1.5, n_test_windows=4, n_validation_windows=2, num_samples=50)
 CONFIG = PipelineConfig(PREFIX, REGION, f"{PREFIX}-model-build", f"arn:aws:iam::123456789012:role/{PREFIX}-model-build",
                         f"s3://{BUCKET}/model-build", f"{PREFIX}-avg-fee-deepar", f"{PREFIX}-tx-per-minute", PREFIX,
-                        f"s3://{BUCKET}/model-build/code/jobs-0123456789abcdef.zip",
+                        f"s3://{BUCKET}/model-build/code/jobs-0123456789abcdef/helpers.zip",
                         f"arn:aws:kms:{REGION}:123456789012:key/k")
 
 
@@ -244,6 +244,8 @@ def test_evaluate_scores_with_the_local_code_and_writes_the_gate_with_both_numbe
     assert gate["score"] == pytest.approx(evaluation["deepar"]["mean_wQuantileLoss"])
     assert gate["baseline_bound"] == pytest.approx(gate["best_baseline_score"] * (1 + margin))
     assert set(gate["registry"]) == set(sagemaker_jobs.REGISTRY_METADATA)
+    assert {name: gate["registry"][f"{name}_mean_wQuantileLoss"] for name in ("seasonal_naive", "naive_last_value")} \
+        == {name: f"{evaluation[name]['mean_wQuantileLoss']:.6f}" for name in ("seasonal_naive", "naive_last_value")}
     assert all(isinstance(v, str) and len(v) <= 256 for v in gate["registry"].values())  # customer metadata's limit
     assert (gate["advice"] == "") == passes
     target, saved_origins, saved_actuals, forecasts = build_steps.load_forecasts(
@@ -274,6 +276,15 @@ def test_settings_take_ssms_hyperparameters_only_when_the_execution_passed_none(
     given = json.loads(settings_parameter(SMALL))
     assert sagemaker_jobs.resolve_settings(given, lambda: pytest.fail("SSM read")) == SMALL
     assert settings_parameter(None) == "{}"
+
+
+def test_the_bundle_lands_where_the_job_imports_it_from(aws):
+    from helpers.aws.package import upload_jobs_bundle
+
+    uri = upload_jobs_bundle(aws, BUCKET)
+    folder, name = uri.removeprefix(f"s3://{BUCKET}/").rsplit("/", 1)
+    assert folder.startswith("model-build/code/jobs-") and name == sagemaker_jobs.BUNDLE.rsplit("/", 1)[1]
+    assert aws.client("s3").head_object(Bucket=BUCKET, Key=f"{folder}/{name}")["ContentLength"] > 10_000
 
 
 def test_the_jobs_run_from_the_bundle_alone_loading_no_local_machinery(tmp_path):

@@ -73,7 +73,11 @@ def test_the_flink_zip_holds_the_job_as_main_py_the_core_and_one_connector_jar(t
 
 
 def test_the_lambda_zip_s_handlers_import_from_the_zip(tmp_path):
-    (tmp_path / "lambda-deps").mkdir()  # numpy and httpx for Linux come from PyPI; here the venv's stand in
+    # numpy, pandas and httpx for Linux come from PyPI; here the venv's stand in, and a wheel's own test suite
+    deps = tmp_path / "lambda-deps" / "somewheel"
+    (deps / "tests").mkdir(parents=True)
+    (deps / "__init__.py").write_text("")
+    (deps / "tests" / "test_somewheel.py").write_text("")
     archive = package.build_lambda_zip(tmp_path)
     found = imports_from_zip(archive, ["helpers.ingestion.poller", "helpers.feature_store.writer",
                                        "helpers.ingestion.sources.simulator", "helpers.ingestion.sources.blockchain",
@@ -85,6 +89,7 @@ def test_the_lambda_zip_s_handlers_import_from_the_zip(tmp_path):
                 "helpers/endpoints/deploy", "helpers/feature_store/store", "helpers/local/daemon",
                 "helpers/monitoring/monitor")  # the local twin's machinery
     assert not any(n.startswith(left_out) for n in names)
+    assert "somewheel/__init__.py" in names and "somewheel/tests/test_somewheel.py" not in names  # 56 MB less
 
 
 def test_the_studio_install_keeps_the_image_s_torch_and_installs_the_aws_pins():

@@ -30,6 +30,8 @@ CONNECTOR_SHA256: str | None = None
 LAMBDA_WHEELS = ["numpy==2.4.6", "pandas==2.3.3", "httpx==0.28.1"]  # the versions pyproject pins (pandas: the
 # deploy and monitoring Lambdas read the feature group as the notebooks do)
 LAMBDA_PYTHON = "3.12"
+# numpy's and pandas' own test suites: 56 MB of the 160 MB the wheels unpack to, and Lambda allows 250 MB unzipped.
+LEFT_OUT_OF_WHEELS = {"__pycache__", "tests"}
 LAMBDA_MODULES = ["helpers/__init__.py", "helpers/core", "helpers/ingestion/__init__.py", "helpers/ingestion/poller.py",
                   "helpers/ingestion/sources", "helpers/local/__init__.py", "helpers/local/clock.py",
                   "helpers/feature_store/__init__.py", "helpers/feature_store/interface.py",
@@ -88,7 +90,7 @@ def build_lambda_zip(out: Path = BUILD) -> Path:
     path = out / "lambda.zip"
     with zipfile.ZipFile(path, "w") as archive:
         _add_tree(archive, REPO, LAMBDA_MODULES)
-        for file in sorted(p for p in wheels.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for file in sorted(p for p in wheels.rglob("*") if p.is_file() and not LEFT_OUT_OF_WHEELS & set(p.parts)):
             _add(archive, file, file.relative_to(wheels).as_posix())
     return path
 
@@ -142,9 +144,11 @@ def content_key(path: Path, stem: str, folder: str = "code") -> str:
 
 
 def upload_jobs_bundle(context: AwsContext, bucket: str) -> str:
-    """Build and upload the jobs' zip under model-build/ (where the pipeline's role reads); returns its S3 URI."""
+    """Build and upload the jobs' zip under model-build/ (where the pipeline's role reads); returns its S3 URI.
+    The hash names the folder, not the file: a processing job's input keeps the object's own name, which the job
+    imports from (``helpers.zip``, :data:`helpers.training.sagemaker_jobs.BUNDLE`)."""
     path = build_jobs_zip()
-    key = content_key(path, "jobs", folder="model-build/code")
+    key = f"{content_key(path, 'jobs', folder='model-build/code').removesuffix('.zip')}/{path.name}"
     with explained(f"uploading the model build's code to s3://{bucket}/{key}"):
         context.client("s3").upload_file(str(path), bucket, key)
     return f"s3://{bucket}/{key}"

@@ -14,6 +14,7 @@ from helpers.core.metrics import DEFAULT_QUANTILES
 DAY = 1440  # minutes
 BACKTEST_EVERY = 30  # minutes between back-test origins
 BACKTEST_SPAN = 3 * DAY  # how far back the back-test origins reach
+BASELINES = ("seasonal_naive", "naive_last_value")  # what baseline_forecasts makes, in this order
 
 PointMethod = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 

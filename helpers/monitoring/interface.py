@@ -17,7 +17,8 @@ class MonitorStatus:
 class Monitor(Protocol):
     def start(self, **settings) -> MonitorStatus:
         """Start scoring every hour (a no-op if it runs); ``settings`` change what it runs with from now on.
-        ``scoring_period_minutes``: an hour of event time locally; on AWS, where time runs at wall speed, 5 to 60."""
+        ``scoring_period_minutes``: an hour of event time locally; on AWS, where time runs at wall speed, 5 to 60
+        minutes (60 divisible by it)."""
 
     def stop(self) -> None: ...
 

@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from helpers.core.baselines import baseline_forecasts  # noqa: E402
+from helpers.core.baselines import BASELINES, baseline_forecasts  # noqa: E402
 from helpers.core.deepar_json import quantile_arrays  # noqa: E402
 from helpers.core.hyperparameters import DeepARHyperparameters  # noqa: E402
 from helpers.core.metrics import QUANTILE_NAMES  # noqa: E402
@@ -50,7 +50,8 @@ ROOT = Path("/opt/ml/processing")
 CHANNELS = ("train", "test", "forecast")  # Prepare's DeepAR JSON lines: each its own output, one file each
 SETTINGS_FILE, SERIES_FILE = "settings.json", "series.npz"
 # gate.json's "registry": the strings the Register step copies into the model package's customer metadata.
-REGISTRY_METADATA = ("mean_wQuantileLoss", "best_baseline", "best_baseline_mean_wQuantileLoss", "threshold", "margin")
+REGISTRY_METADATA = ("mean_wQuantileLoss", *(f"{name}_mean_wQuantileLoss" for name in BASELINES), "best_baseline",
+                     "threshold", "margin")
 
 
 def resolve_settings(given: dict, hyperparameters_from_ssm) -> BuildSettings:
@@ -119,7 +120,7 @@ def evaluate(settings_document: dict, series_file: Path, transform_output: Path,
     _write(out / EVALUATION_FILE, json.dumps(evaluation, indent=1))
     save_forecasts(out / FORECASTS_FILE, series, start, origins, actuals, forecasts)
     registry = {"mean_wQuantileLoss": f"{decision.score:.6f}", "best_baseline": decision.best_baseline,
-                "best_baseline_mean_wQuantileLoss": f"{decision.best_baseline_score:.6f}",
+                **{f"{name}_mean_wQuantileLoss": f"{score:.6f}" for name, score in baseline_scores(evaluation).items()},
                 "threshold": f"{decision.threshold:g}", "margin": f"{decision.margin:g}"}
     gate_document = {**decision.as_dict(), "baselines": baseline_scores(evaluation), "registry": registry}
     _write(out / GATE_FILE, json.dumps(gate_document, indent=1))
