@@ -246,15 +246,20 @@ def test_the_writer_reads_the_features_stream_with_partial_batch_failures():
                                                                           ["WriterDeadLetterQueue", "Arn"]}}}
 
 
-def test_only_the_metrics_statement_has_a_wildcard_resource_and_it_is_conditioned():
-    wildcards = []
-    for name, role in resources(INGESTION, "AWS::IAM::Role").items():
+def role_statements(path: Path):
+    """(role, statement) for every statement of every inline policy of the template's roles."""
+    for name, role in resources(path, "AWS::IAM::Role").items():
         for policy in role["Properties"]["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:
-                assert statement["Effect"] == "Allow"
-                found = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-                if "*" in found:
-                    wildcards.append((name, statement["Action"], statement.get("Condition")))
+                yield name, statement
+
+
+def test_only_the_metrics_statement_has_a_wildcard_resource_and_it_is_conditioned():
+    wildcards = []
+    for name, statement in role_statements(INGESTION):
+        assert statement["Effect"] == "Allow"
+        if "*" in as_list(statement["Resource"]):
+            wildcards.append((name, statement["Action"], statement.get("Condition")))
     assert wildcards == [("FlinkRole", "cloudwatch:PutMetricData",
                           {"StringEquals": {"cloudwatch:namespace": "AWS/KinesisAnalytics"}})]
 
@@ -1151,13 +1156,11 @@ def test_the_monitoring_roles_grant_no_wildcard_action_and_a_wildcard_resource_o
     from helpers.monitoring.cloudwatch import NAMESPACE
 
     wildcards = []
-    for name, role in resources(MONITORING, "AWS::IAM::Role").items():
-        for policy in role["Properties"]["Policies"]:
-            for statement in policy["PolicyDocument"]["Statement"]:
-                assert statement["Effect"] == "Allow"
-                assert not any("*" in a for a in as_list(statement["Action"])), (name, statement["Sid"])
-                if "*" in as_list(statement["Resource"]):
-                    wildcards.append((name, statement["Action"], statement.get("Condition")))
+    for name, statement in role_statements(MONITORING):
+        assert statement["Effect"] == "Allow"
+        assert not any("*" in a for a in as_list(statement["Action"])), (name, statement["Sid"])
+        if "*" in as_list(statement["Resource"]):
+            wildcards.append((name, statement["Action"], statement.get("Condition")))
     assert wildcards == [("ScoreRole", "cloudwatch:PutMetricData",
                           {"StringEquals": {"cloudwatch:namespace": NAMESPACE}})]
 
