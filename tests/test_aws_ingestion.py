@@ -444,6 +444,28 @@ def test_an_unchanged_stack_is_not_updated():
         assert stacks.deploy(context, "ingestion", {"Prefix": "ws-test"}).status == "CREATE_COMPLETE"
 
 
+def test_an_update_keeps_the_deployed_value_of_a_parameter_it_does_not_name():
+    """A stack deployed by hand with EndpointInstanceType=ml.c5.large keeps it when a notebook updates the stack;
+    a parameter the template no longer declares is dropped, not sent back."""
+    context = AwsContext(prefix="ws-test", region=REGION)
+    deployed = described_stack("UPDATE_COMPLETE")
+    deployed["Stacks"][0].update(StackName="ws-test-deployment", Parameters=[
+        {"ParameterKey": "Prefix", "ParameterValue": "ws-test"},
+        {"ParameterKey": "LambdaCodeKey", "ParameterValue": "code/lambda-old.zip"},
+        {"ParameterKey": "EndpointInstanceType", "ParameterValue": "ml.c5.large"},
+        {"ParameterKey": "Retired", "ParameterValue": "x"}])
+    with Stubber(context.client("cloudformation")) as stub:
+        stub.add_response("describe_stacks", deployed)
+        stub.add_client_error("update_stack", "ValidationError", "No updates are to be performed.", expected_params={
+            "StackName": "ws-test-deployment", "TemplateBody": ANY, "Capabilities": ANY, "Tags": ANY,
+            "Parameters": [{"ParameterKey": "Prefix", "ParameterValue": "ws-test"},
+                           {"ParameterKey": "LambdaCodeKey", "ParameterValue": "code/lambda-new.zip"},
+                           {"ParameterKey": "EndpointInstanceType", "UsePreviousValue": True}]})
+        found = stacks.deploy(context, "deployment", {"Prefix": "ws-test", "LambdaCodeKey": "code/lambda-new.zip"})
+        stub.assert_no_pending_responses()
+    assert found.parameters["EndpointInstanceType"] == "ml.c5.large"
+
+
 def test_missing_credentials_and_region_say_what_to_do(monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)

@@ -2,11 +2,13 @@
 
 The same templates deploy with ``aws cloudformation deploy`` (cloudformation/README.md) and from here, through
 boto3, which is what notebook 01 does: ``deploy`` creates a stack, updates it when its template or parameters
-changed, and leaves it alone otherwise.
+changed, and leaves it alone otherwise. A parameter an update does not name keeps its deployed value, so a stack
+deployed by hand with, say, ``EndpointInstanceType=ml.c5.large`` keeps it when a notebook updates the stack.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.aws.session import AwsContext, AwsSetupError, explained
@@ -23,6 +25,7 @@ class Stack:
     name: str
     status: str
     outputs: dict[str, str]
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 def stack_name(context: AwsContext, stack: str) -> str:
@@ -42,7 +45,8 @@ def describe(context: AwsContext, stack: str) -> Stack | None:
             return None
         raise
     outputs = {o["OutputKey"]: o["OutputValue"] for o in found.get("Outputs", [])}
-    return Stack(name, found["StackStatus"], outputs)
+    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in found.get("Parameters", [])}
+    return Stack(name, found["StackStatus"], outputs, parameters)
 
 
 def require(context: AwsContext, stack: str) -> Stack:
@@ -74,16 +78,15 @@ def deploy(context: AwsContext, stack: str, parameters: dict[str, str]) -> Stack
     """Create the stack, or update it if its template or parameters changed; wait; return it complete."""
     cfn = context.client("cloudformation")
     name = stack_name(context, stack)
-    request = {
-        "StackName": name,
-        "TemplateBody": (TEMPLATES / f"{stack}.yaml").read_text(),
-        "Parameters": [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()],
-        "Capabilities": ["CAPABILITY_NAMED_IAM"],
-        "Tags": context.tags,
-    }
+    template = (TEMPLATES / f"{stack}.yaml").read_text()
     existing = describe(context, stack)
+    given = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()]
     if existing is not None:
         check_usable(context, existing)
+        kept = sorted((set(existing.parameters) & declared_parameters(template)) - set(parameters))
+        given += [{"ParameterKey": k, "UsePreviousValue": True} for k in kept]
+    request = {"StackName": name, "TemplateBody": template, "Parameters": given,
+               "Capabilities": ["CAPABILITY_NAMED_IAM"], "Tags": context.tags}
     with explained(f"deploying the stack {name}"):
         if existing is None:
             cfn.create_stack(**request, OnFailure="ROLLBACK")
@@ -94,6 +97,12 @@ def deploy(context: AwsContext, stack: str, parameters: dict[str, str]) -> Stack
             waiter = "stack_update_complete"
     _wait(context, cfn, name, waiter)
     return require(context, stack)
+
+
+def declared_parameters(template: str) -> set[str]:
+    """The names under the template's top-level ``Parameters:`` (the templates use two-space indents)."""
+    section = re.search(r"^Parameters:\n((?:(?:  .*)?\n)*)", template, re.MULTILINE)
+    return set(re.findall(r"^  (\w+):", section.group(1), re.MULTILINE)) if section else set()
 
 
 def _update(cfn, request: dict) -> bool:

@@ -577,15 +577,8 @@ class AwsMonitor:
     def _stack_parameters(self) -> dict[str, str] | None:
         from helpers.aws import stacks
 
-        name = stacks.stack_name(self.context, "monitoring")
-        try:
-            with explained(f"describing the stack {name}"):
-                found = self.context.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
-        except Exception as error:  # botocore ClientError "does not exist"
-            if "does not exist" in str(error):
-                return None
-            raise
-        return {p["ParameterKey"]: p["ParameterValue"] for p in found.get("Parameters", [])}
+        found = stacks.describe(self.context, "monitoring")
+        return None if found is None else found.parameters
 
     def deploy(self, **parameters) -> dict[str, str]:
         """Build and upload the Lambda zip from this checkout, then create or update the stack with ``parameters``
@@ -594,8 +587,7 @@ class AwsMonitor:
         from helpers.aws import package, stacks
 
         key = package.upload_lambda_zip(self.context, stacks.require(self.context, "storage").outputs["Bucket"])
-        current = self._stack_parameters() or {}
-        wanted = {**current, "Prefix": self.context.prefix, **parameters, "LambdaCodeKey": key}
+        wanted = {"Prefix": self.context.prefix, **parameters, "LambdaCodeKey": key}
         return stacks.deploy(self.context, "monitoring", wanted).outputs
 
     # ------------------------------------------------------------ start, stop, status
@@ -624,7 +616,7 @@ class AwsMonitor:
         if current is None:
             outputs = self.deploy(**wanted)
         elif any(current.get(k) != v for k, v in wanted.items()):
-            outputs = stacks.deploy(self.context, "monitoring", {**current, **wanted}).outputs
+            outputs = stacks.deploy(self.context, "monitoring", {"Prefix": self.context.prefix, **wanted}).outputs
         else:
             outputs = self.outputs
         save_settings(self.context, merged)
