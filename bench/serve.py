@@ -23,7 +23,8 @@ from helpers.local.config import Paths
 from helpers.notebooks import PINNED_NOW
 from helpers.registry import MODEL_GROUP, ModelRegistry
 from helpers.training import deepar, model_build
-from helpers.training.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import BASELINE_MARGIN, WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 
 REQUESTS_1_CLIENT = 200
 CLIENTS, REQUESTS_PER_CLIENT = 16, 25

@@ -28,7 +28,8 @@ from helpers.ingestion.sources.oracle import oracle_forecasts
 from helpers.ingestion.sources.simulator import SimulatorConfig, TransactionModel
 from helpers.local.config import Paths
 from helpers.training import model_build
-from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 
 WEEK_START = 1_767_571_200  # 2026-01-05T00:00Z: a fixed week, so every run trains on the same data
 SEED = 42

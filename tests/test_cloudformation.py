@@ -299,7 +299,7 @@ def test_the_outputs_the_model_build_notebook_reads_exist():
 
 def test_the_model_build_parameters_default_to_the_code_s_values():
     from helpers.core.hyperparameters import DeepARHyperparameters
-    from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD
+    from helpers.training.interface import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD
 
     template = load(MODEL_BUILD)
     parameters = template["Parameters"]

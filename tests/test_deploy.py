@@ -12,7 +12,8 @@ from helpers.ingestion import ingest
 from helpers.local.config import Paths
 from helpers.registry import MODEL_GROUP, ModelRegistry
 from helpers.training import model_build
-from helpers.training.params import CURRENT_MODEL_WQL, WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import CURRENT_MODEL_WQL, WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ from helpers.ingestion import ingest
 from helpers.local.config import Paths
 from helpers.registry import ModelRegistry
 from helpers.training import deepar, model_build
-from helpers.training.params import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import BASELINE_MARGIN, MODEL_BUILD_DEFAULTS, WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 from helpers.training.pipeline import ExecutionStore, Pipeline, Step
 
 SMALL = BuildSettings(

@@ -20,7 +20,8 @@ from helpers.local.config import Paths
 from helpers.monitoring import alarms, monitor, retrain
 from helpers.registry import ModelRegistry
 from helpers.training import model_build
-from helpers.training.params import WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 from helpers.training.pipeline import ExecutionStore
 
 pytestmark = pytest.mark.slow

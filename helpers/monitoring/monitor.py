@@ -49,9 +49,10 @@ from helpers.local.clock import SharedClock, write_json_atomic
 from helpers.local.config import Paths
 from helpers.local.sqlite import SQLiteFile
 from helpers.monitoring import alarms, scoring
-from helpers.monitoring.cloudwatch import metric_dimensions, stage_alarm  # noqa: F401 (metric_dimensions: as before)
+from helpers.monitoring.cloudwatch import stage_alarm
 from helpers.monitoring.monitor_config import MonitorConfig
-from helpers.training.params import WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import WQL_THRESHOLD
+from helpers.training.params import ParameterStore
 
 log = logging.getLogger("helpers.monitoring.monitor")
 

@@ -38,8 +38,8 @@ from helpers.training.build_steps import (
     save_forecasts,
     split_outputs,
 )
-from helpers.training.interface import BuildReport
-from helpers.training.params import BASELINE_MARGIN, WQL_THRESHOLD, ParameterStore
+from helpers.training.interface import BASELINE_MARGIN, WQL_THRESHOLD, BuildReport
+from helpers.training.params import ParameterStore
 from helpers.training.pipeline import ExecutionStore, Pipeline, QualityGateFailed, Step
 
 log = logging.getLogger("helpers.training.model_build")

@@ -10,13 +10,7 @@ import time
 from pathlib import Path
 
 from helpers.local.sqlite import SQLiteFile
-from helpers.training.interface import (  # noqa: F401 (the names live with the interface; imported from here too)
-    BASELINE_MARGIN,
-    CURRENT_MODEL_WQL,
-    MODEL_BUILD_DEFAULTS,
-    WQL_THRESHOLD,
-    ParameterNotFound,
-)
+from helpers.training.interface import MODEL_BUILD_DEFAULTS, ParameterNotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parameter_history (
