@@ -139,10 +139,11 @@ def test_one_retrain_in_flight_however_many_alarms_fire(state):
     ModelRegistry(paths.registry).set_approval("btc-avg-fee-deepar", 1, "Approved", "ana", "test")
 
     barrier = threading.Barrier(6)
+    alarm_period_end = PINNED_NOW - 3600  # an hour before the newest data: the retrain must not read past it
 
     def alarm_fires(i):
         barrier.wait()
-        return retrain.request(paths, requested_by=f"alarm-{i % 2}", reason="test")
+        return retrain.request(paths, requested_by=f"alarm-{i % 2}", reason="test", data_end=alarm_period_end)
 
     with ThreadPoolExecutor(6) as pool:
         outcomes = list(pool.map(alarm_fires, range(6)))
@@ -152,7 +153,10 @@ def test_one_retrain_in_flight_however_many_alarms_fire(state):
     wait_for(lambda: monitor.retrains(state)["status"].isin(ended).any(), timeout_s=300, what="the retrain to end")
     frame = monitor.retrains(state)
     assert frame["status"].value_counts().to_dict() == {"Skipped": 5, "PendingManualApproval": 1}
-    assert len(ExecutionStore(paths.pipelines).list()) == 2  # the fixture's build and this one retrain
+    executions = ExecutionStore(paths.pipelines)
+    assert len(executions.list()) == 2  # the fixture's build and this one retrain
+    retrained = executions.get(frame.loc[frame["status"] == "PendingManualApproval", "execution_id"].item())
+    assert retrained.parameters["end"] == alarm_period_end  # the data the alarm judged, not the clock's now
 
     # the new version awaits a human: the next alarm starts nothing, and says why
     assert retrain.request(paths, requested_by="alarm-0", reason="again").startswith("skipped: version 2 awaits")

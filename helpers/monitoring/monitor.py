@@ -232,8 +232,8 @@ def evaluate_alarm(paths: Paths, metrics: alarms.MetricStore, alarm_store: alarm
     if state == alarms.ALARM:
         from helpers.monitoring import retrain
 
-        retrain.request(paths, requested_by=settings.name, reason=f"{settings.name} in ALARM at "
-                                                                   f"{minute_iso(period_end)}: {reason}")
+        retrain.request(paths, requested_by=settings.name, data_end=period_end,
+                        reason=f"{settings.name} in ALARM at {minute_iso(period_end)}: {reason}")
     return state
 
 

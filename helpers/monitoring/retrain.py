@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +71,10 @@ class RetrainLog(SQLiteFile):
             self._conn.execute("BEGIN IMMEDIATE")
             yield
 
+    def requested_detail(self, retrain_id: int) -> dict:
+        row = self._conn.execute("SELECT detail FROM retrains WHERE id = ?", (retrain_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def starting(self, within_s: float = SPAWN_GRACE_S) -> bool:
         """Was a retrain requested moments ago whose process has not taken the lock yet?"""
         return self._conn.execute("SELECT 1 FROM retrains WHERE status = 'Requested' AND requested_at > ?",
@@ -108,9 +112,11 @@ def in_flight(paths: Paths) -> bool:
         return not free
 
 
-def request(paths: Paths, requested_by: str, reason: str) -> str:
+def request(paths: Paths, requested_by: str, reason: str, data_end: float | None = None) -> str:
     """The alarm action: start a retrain in the background unless one is in flight or a version awaits
-    approval. Returns what happened: "started", "skipped: ..."."""
+    approval. ``data_end``: the end of the data it trains on (the alarm's period, final by then), so that what it
+    learns does not hang on how far the simulated clock ran before its process started; None: the newest minute.
+    Returns what happened: "started", "skipped: ..."."""
     pending = ModelRegistry(paths.registry).latest(status="PendingManualApproval")
     retrains = RetrainLog(paths)
     try:
@@ -118,7 +124,8 @@ def request(paths: Paths, requested_by: str, reason: str) -> str:
             why = retrain_skip_reason(in_flight(paths) or retrains.starting(), pending.version if pending else None)
             if why:
                 return _skip(retrains, requested_by, reason, why)
-            retrain_id = retrains.add(requested_by, reason, "Requested")
+            retrain_id = retrains.add(requested_by, reason, "Requested",
+                                      **({} if data_end is None else {"data_end": data_end}))
     finally:
         retrains.close()
     daemon.spawn(paths.root, ["retrain", str(retrain_id)], paths.root / "logs" / "retrain.out")
@@ -156,8 +163,9 @@ def run(state_dir, retrain_id: int) -> str:
                 return "Skipped"
             try:
                 with daemon.holding_pid_file(paths.pid_file("retrain"), "retrain"):
+                    data_end = retrains.requested_detail(retrain_id).get("data_end")
                     retrains.update(retrain_id, "Executing")
-                    status, fields = _build_and_ship(paths)
+                    status, fields = _build_and_ship(paths, data_end)
                     if _sigterm_received:  # a library swallowed its SystemExit (DuckDB: "Query interrupted")
                         raise SystemExit(STOPPED_BY_SIGTERM)
             except BaseException as error:  # a crash, or teardown's SIGTERM: never leave a retrain "Executing"
@@ -183,14 +191,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _build_and_ship(paths: Paths) -> tuple[str, dict]:
+def _build_and_ship(paths: Paths, data_end: float | None) -> tuple[str, dict]:
     from helpers.endpoints import deploy
     from helpers.monitoring.monitor_config import MonitorConfig
     from helpers.training import deepar, model_build
 
     deepar.use_inference_threads()  # one thread: the stream, endpoints and monitor share these cores
     config = MonitorConfig.load(paths)
-    settings = config.retrain_settings()  # the same build as the AWS retrain Lambda starts
+    # the build the AWS retrain Lambda starts; there the data ends where the offline store does, on the wall clock
+    settings = replace(config.retrain_settings(), end=data_end)
     execution = model_build.run(paths.root, settings)
     fields = {"execution_id": execution.execution_id}
     if not execution.succeeded:
